@@ -1,0 +1,57 @@
+"""Algorithms by name. ``build_algorithm`` wraps any classifier and optimizer.
+
+Example::
+
+    from sage_bench.algorithms import build_algorithm
+    algo = build_algorithm("ERM", my_model, torch.optim.Adam(my_model.parameters(), 1e-4))
+    stats = algo.update([(x_domain1, y_domain1), (x_domain2, y_domain2)])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from sage_bench import hparams as hp
+from sage_bench.algorithms.base import Algorithm, Minibatches
+from sage_bench.algorithms.erm import ERM
+
+ALGORITHMS: dict[str, type[Algorithm]] = {
+    "ERM": ERM,
+}
+
+
+def get_algorithm_class(name: str) -> type[Algorithm]:
+    """The class registered under ``name``, or an error listing the valid names."""
+    if name not in ALGORITHMS:
+        raise hp.HParamError(
+            f"unknown algorithm {name!r}; valid choices: {', '.join(sorted(ALGORITHMS))}"
+        )
+    return ALGORITHMS[name]
+
+
+def build_algorithm(
+    name: str,
+    network: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    hparams: Mapping[str, Any] | None = None,
+) -> Algorithm:
+    """Wrap ``network`` and ``optimizer`` in the algorithm called ``name``.
+
+    ``hparams`` may set any of the algorithm's own hyperparameters (the rest keep their
+    defaults, see ``sage_bench.hparams``) and may also carry the shared ones a job has
+    (``lr``, ``batch_size``, ...), which the algorithm ignores. An unknown name or a value of
+    the wrong type is an error that lists what is valid.
+    """
+    cls = get_algorithm_class(name)
+    space = hp.algorithm_space(name)
+    given = dict(hparams or {})
+    own = {k: v for k, v in given.items() if k not in hp.SHARED_HPARAM_NAMES}
+    resolved = hp.apply_overrides(space, hp.defaults(space), own)
+    return cls(network, optimizer, {**given, **resolved})
+
+
+__all__ = ["ALGORITHMS", "Algorithm", "Minibatches", "build_algorithm", "get_algorithm_class"]

@@ -1,0 +1,44 @@
+"""The interface every algorithm implements (DomainBed's ``Algorithm`` shape)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+Minibatches = Sequence[tuple[torch.Tensor, torch.Tensor]]
+
+
+class Algorithm(nn.Module):
+    """Trains a classifier one step at a time from one minibatch per training domain.
+
+    An algorithm wraps any ``nn.Module`` that maps inputs to logits and any torch optimizer
+    over its parameters; it owns neither. ``update`` does one training step and returns floats
+    to log; ``predict`` gives logits. The algorithm's ``state_dict`` holds the network's
+    weights and any state of its own (e.g. a noise generator); the optimizer's state is saved
+    separately by whoever made it.
+    """
+
+    def __init__(self, network: nn.Module, optimizer: torch.optim.Optimizer, hparams: Mapping[str, Any]):
+        super().__init__()
+        self.network = network
+        self.optimizer = optimizer
+        self.hparams = dict(hparams)
+
+    def update(self, minibatches: Minibatches) -> dict[str, float]:
+        """One training step on ``[(x_1, y_1), ..., (x_K, y_K)]``, one pair per training domain."""
+        raise NotImplementedError
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for ``x``."""
+        return self.network(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.predict(x)
+
+
+def concat(minibatches: Minibatches) -> tuple[torch.Tensor, torch.Tensor]:
+    """All domains' inputs and labels as one batch, domain after domain."""
+    return torch.cat([x for x, _ in minibatches]), torch.cat([y for _, y in minibatches])

@@ -1,0 +1,19 @@
+"""Empirical risk minimisation."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+from sage_bench.algorithms.base import Algorithm, Minibatches, concat
+
+
+class ERM(Algorithm):
+    """Mean cross-entropy over the concatenated domain batches; one optimizer step."""
+
+    def update(self, minibatches: Minibatches) -> dict[str, float]:
+        x, y = concat(minibatches)
+        loss = F.cross_entropy(self.predict(x), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": loss.item()}

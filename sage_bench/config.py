@@ -1,0 +1,315 @@
+"""From command-line overrides to a validated job: Hydra composes, ``JobSpec`` checks.
+
+Everything that can be wrong with a job is found here, before any work starts, and reported as
+a ``ConfigError`` whose message names the bad key or value and lists the valid choices.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra import compose, initialize_config_module
+from hydra.core.config_store import ConfigStore
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from sage_bench import hparams as hp
+from sage_bench.data import DATASETS, get_dataset_class
+from sage_bench.models import BACKBONES
+from sage_bench.records import job_hash
+from sage_bench.seeding import seed_hash
+
+CONFIG_MODULE = "sage_bench.configs"
+
+
+class ConfigError(ValueError):
+    """A job configuration that cannot run; the message says what is wrong and what is valid."""
+
+
+@dataclass
+class TrainSchema:
+    """Types of the top-level keys of ``configs/config.yaml`` (values live in the YAML)."""
+
+    dataset: Any = MISSING
+    backbone: Any = None
+    algorithm: Any = MISSING
+    optimizer: Any = MISSING
+    test_envs: list[int] = MISSING
+    trial_seed: int = MISSING
+    hparams_seed: int = MISSING
+    seed: int | None = None
+    steps: int | None = None
+    checkpoint_freq: int | None = None
+    holdout_fraction: float = MISSING
+    output_dir: str = MISSING
+    data_dir: str = MISSING
+    device: str = MISSING
+    num_workers: int | None = None
+    eval_batch_size: int = MISSING
+    progress: bool = MISSING
+    hparams: dict[str, Any] = field(default_factory=dict)
+
+
+ConfigStore.instance().store(name="train_schema", node=TrainSchema)
+
+# Keys of the job that define its results; they name its output folder.
+_IDENTITY_KEYS = (
+    "dataset", "algorithm", "backbone", "optimizer", "test_envs", "trial_seed", "hparams_seed",
+    "seed", "steps", "checkpoint_freq", "holdout_fraction", "hparams_overrides",
+)  # fmt: skip
+
+
+def _as_addition(override: str) -> str:
+    """``hparams.lr=0.1`` -> ``++hparams.lr=0.1``: hyperparameter names are checked by
+    ``sage_bench.hparams`` (which knows them per algorithm), not by the YAML schema."""
+    if re.match(r"^hparams\.[^=]+=", override):
+        return "++" + override
+    if re.match(r"^\+hparams\.[^=]+=", override):
+        return "+" + override
+    return override
+
+
+def _explain_composition_error(exc: Exception) -> str:
+    if isinstance(exc, MissingConfigException) and exc.missing_cfg_file:
+        group, _, name = exc.missing_cfg_file.rpartition("/")
+        options = ", ".join(sorted(exc.options or []))
+        if group:
+            return f"unknown {group} {name!r}; valid choices: {options}"
+        return f"missing config file {exc.missing_cfg_file!r}"
+    cause = exc.__cause__
+    if cause is not None:
+        text = str(cause)
+        key = re.search(r"full_key: (\S+)", text)
+        first = text.splitlines()[0]
+        missing_key = re.match(r"Key '([^']+)' (?:is )?not in", first)
+        if missing_key:
+            where = key.group(1) if key else missing_key.group(1)
+            if "." not in where:
+                valid = ", ".join(sorted(f.name for f in fields(TrainSchema)))
+                return f"unknown config key {where!r}; valid keys: {valid}"
+            return f"unknown config key {where!r}; `sage-bench train --show-config` prints the valid keys"
+        if key:
+            return f"bad value for {key.group(1)!r}: {first}"
+        return first
+    return str(exc).splitlines()[0]
+
+
+def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """The Hydra configuration of a job with ``overrides`` applied (no validation yet)."""
+    overrides = [_as_addition(o) for o in overrides]
+    try:
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base=None):
+            return compose(config_name="config", overrides=overrides)
+    except OverrideParseException as exc:
+        raise ConfigError(f"cannot parse override: {str(exc).splitlines()[0]}") from exc
+    except ConfigCompositionException as exc:
+        raise ConfigError(_explain_composition_error(exc)) from exc
+
+
+def _group_options(cfg: DictConfig, group: str) -> dict[str, Any]:
+    node = cfg.get(group)
+    if node is None:
+        return {}
+    options = OmegaConf.to_container(node, resolve=True)
+    options.pop("name", None)
+    return options
+
+
+def _resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return name
+    if re.fullmatch(r"cuda(:\d+)?", name):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={name} but CUDA is not available here; use device=cpu or device=auto")
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"device={name} but only {torch.cuda.device_count()} CUDA device(s) are visible")
+        return name
+    raise ConfigError(f"bad value for 'device': {name!r}; valid choices: auto, cpu, cuda, cuda:N")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One validated training job: what to train, with which seeds and hyperparameters, where."""
+
+    dataset: str
+    dataset_options: dict[str, Any]
+    backbone: str
+    backbone_options: dict[str, Any]
+    algorithm: str
+    optimizer: str
+    optimizer_options: dict[str, Any]
+    test_envs: list[int]
+    trial_seed: int
+    hparams_seed: int
+    seed: int
+    steps: int
+    checkpoint_freq: int
+    holdout_fraction: float
+    hparams: dict[str, Any]
+    hparams_overrides: dict[str, Any]
+    output_dir: Path
+    data_dir: Path
+    device: str
+    num_workers: int
+    eval_batch_size: int
+    progress: bool
+
+    def identity(self) -> dict[str, Any]:
+        """The arguments that define the job's results; their hash names its folder."""
+        values = {
+            "dataset": {"name": self.dataset, **self.dataset_options},
+            "algorithm": self.algorithm,
+            "backbone": {"name": self.backbone, **self.backbone_options},
+            "optimizer": {"name": self.optimizer, **self.optimizer_options},
+            "test_envs": self.test_envs,
+            "trial_seed": self.trial_seed,
+            "hparams_seed": self.hparams_seed,
+            "seed": self.seed,
+            "steps": self.steps,
+            "checkpoint_freq": self.checkpoint_freq,
+            "holdout_fraction": self.holdout_fraction,
+            "hparams_overrides": self.hparams_overrides,
+        }
+        assert tuple(values) == _IDENTITY_KEYS
+        return values
+
+    @property
+    def job_id(self) -> str:
+        return job_hash(self.identity())
+
+    @property
+    def job_dir(self) -> Path:
+        """``output_dir/<hash of the job's arguments>``."""
+        return self.output_dir / self.job_id
+
+    def record_args(self) -> dict[str, Any]:
+        """``args`` of every record: DomainBed's argument names, plus sage-bench's own."""
+        return {
+            "dataset": self.dataset,
+            "algorithm": self.algorithm,
+            "backbone": self.backbone,
+            "optimizer": self.optimizer,
+            "test_envs": list(self.test_envs),
+            "trial_seed": self.trial_seed,
+            "hparams_seed": self.hparams_seed,
+            "seed": self.seed,
+            "steps": self.steps,
+            "checkpoint_freq": self.checkpoint_freq,
+            "holdout_fraction": self.holdout_fraction,
+            "hparams": self.hparams_overrides or None,
+            "data_dir": str(self.data_dir),
+            "output_dir": str(self.job_dir),
+            "task": "domain_generalization",
+            "device": self.device,
+            "job_id": self.job_id,
+            "dataset_options": self.dataset_options,
+            "backbone_options": self.backbone_options,
+            "optimizer_options": self.optimizer_options,
+        }
+
+
+def job_from_config(cfg: DictConfig) -> JobSpec:
+    """Validate a composed configuration into a ``JobSpec`` (raises ``ConfigError``)."""
+    dataset = cfg.dataset.name
+    if dataset not in DATASETS:
+        raise ConfigError(f"unknown dataset {dataset!r}; valid choices: {', '.join(sorted(DATASETS))}")
+    dataset_cls = get_dataset_class(dataset)
+    n_envs = len(dataset_cls.ENVIRONMENTS)
+
+    if cfg.backbone is None:
+        raise ConfigError("no backbone chosen")  # compose_job fills in the data set's default
+    backbone = cfg.backbone.name
+    if backbone not in BACKBONES:
+        raise ConfigError(f"unknown backbone {backbone!r}; valid choices: {', '.join(sorted(BACKBONES))}")
+    algorithm = cfg.algorithm.name
+
+    test_envs = list(cfg.test_envs)
+    if not test_envs:
+        raise ConfigError("test_envs must name at least one environment")
+    if len(set(test_envs)) != len(test_envs):
+        raise ConfigError(f"test_envs has repeated entries: {test_envs}")
+    bad = [e for e in test_envs if not 0 <= e < n_envs]
+    if bad:
+        names = ", ".join(f"{i}={name}" for i, name in enumerate(dataset_cls.ENVIRONMENTS))
+        raise ConfigError(f"test_envs {bad} out of range for {dataset}; valid environments: {names}")
+    if len(test_envs) >= n_envs:
+        raise ConfigError(f"test_envs={test_envs} leaves no training environment in {dataset}")
+    for key in ("trial_seed", "hparams_seed"):
+        if cfg[key] < 0:
+            raise ConfigError(f"bad value for {key!r}: must be >= 0, got {cfg[key]}")
+    if not 0.0 < cfg.holdout_fraction < 1.0:
+        raise ConfigError(f"bad value for 'holdout_fraction': must be in (0, 1), got {cfg.holdout_fraction}")
+
+    steps = cfg.steps if cfg.steps is not None else dataset_cls.N_STEPS
+    freq = cfg.checkpoint_freq if cfg.checkpoint_freq is not None else dataset_cls.CHECKPOINT_FREQ
+    if steps < 1:
+        raise ConfigError(f"bad value for 'steps': must be >= 1, got {steps}")
+    if freq < 1:
+        raise ConfigError(f"bad value for 'checkpoint_freq': must be >= 1, got {freq}")
+    num_workers = cfg.num_workers if cfg.num_workers is not None else dataset_cls.N_WORKERS
+    if num_workers < 0:
+        raise ConfigError(f"bad value for 'num_workers': must be >= 0, got {num_workers}")
+    if cfg.eval_batch_size < 1:
+        raise ConfigError(f"bad value for 'eval_batch_size': must be >= 1, got {cfg.eval_batch_size}")
+
+    overrides = OmegaConf.to_container(cfg.hparams, resolve=True)
+    try:
+        hparams = hp.resolve_hparams(
+            algorithm, dataset, cfg.hparams_seed, cfg.trial_seed, overrides, backbone=backbone
+        )
+    except hp.HParamError as exc:
+        raise ConfigError(str(exc)) from exc
+
+    seed = cfg.seed
+    if seed is None:  # as DomainBed's sweep sets --seed
+        seed = seed_hash(dataset, algorithm, test_envs, cfg.hparams_seed, cfg.trial_seed)
+
+    return JobSpec(
+        dataset=dataset,
+        dataset_options=_group_options(cfg, "dataset"),
+        backbone=backbone,
+        backbone_options=_group_options(cfg, "backbone"),
+        algorithm=algorithm,
+        optimizer=cfg.optimizer.name,
+        optimizer_options=_group_options(cfg, "optimizer"),
+        test_envs=test_envs,
+        trial_seed=cfg.trial_seed,
+        hparams_seed=cfg.hparams_seed,
+        seed=seed,
+        steps=steps,
+        checkpoint_freq=freq,
+        holdout_fraction=cfg.holdout_fraction,
+        hparams=hparams,
+        hparams_overrides=overrides,
+        output_dir=Path(cfg.output_dir),
+        data_dir=Path(cfg.data_dir),
+        device=_resolve_device(cfg.device),
+        num_workers=num_workers,
+        eval_batch_size=cfg.eval_batch_size,
+        progress=cfg.progress,
+    )
+
+
+def compose_job_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """The composed configuration, with the data set's default backbone filled in."""
+    cfg = compose_config(overrides)
+    dataset = cfg.dataset.name
+    if dataset not in DATASETS:
+        raise ConfigError(f"unknown dataset {dataset!r}; valid choices: {', '.join(sorted(DATASETS))}")
+    if cfg.backbone is None:
+        default = get_dataset_class(dataset).DEFAULT_BACKBONE
+        cfg = compose_config([*overrides, f"backbone={default}"])
+    return cfg
+
+
+def load_job(overrides: Sequence[str] = ()) -> JobSpec:
+    """Compose and validate: command-line overrides to a ``JobSpec``."""
+    return job_from_config(compose_job_config(overrides))

@@ -1,0 +1,32 @@
+"""Data sets by name, DomainBed's per-environment splits, and loaders."""
+
+from __future__ import annotations
+
+from sage_bench.data.base import MultiDomainDataset
+from sage_bench.data.digits import ColoredDigits, RotatedDigits
+
+DATASETS: dict[str, type[MultiDomainDataset]] = {
+    "RotatedDigits": RotatedDigits,
+    "ColoredDigits": ColoredDigits,
+}
+
+
+class UnknownDatasetError(KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def get_dataset_class(name: str) -> type[MultiDomainDataset]:
+    """The class registered under ``name``, or an error listing the valid names."""
+    if name not in DATASETS:
+        raise UnknownDatasetError(
+            f"unknown dataset {name!r}; valid choices: {', '.join(sorted(DATASETS))}"
+        )
+    return DATASETS[name]
+
+
+def num_environments(name: str) -> int:
+    return len(get_dataset_class(name).ENVIRONMENTS)
+
+
+__all__ = ["DATASETS", "MultiDomainDataset", "get_dataset_class", "num_environments"]

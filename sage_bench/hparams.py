@@ -1,0 +1,214 @@
+"""Hyperparameters: defaults and random-search distributions, with DomainBed's semantics.
+
+Every hyperparameter has a default and a sampler. ``hparams_seed == 0`` gives the defaults;
+any other ``hparams_seed`` draws every hyperparameter from its distribution, each from its
+own ``numpy`` stream seeded by ``seed_hash(seed_hash(hparams_seed, trial_seed), name)``, exactly
+as DomainBed's ``hparams_registry`` does. Adding a hyperparameter therefore never changes the
+values drawn for the others, and a sweep over ``hparams_seed`` is a reproducible random search.
+
+The space of a job depends on the algorithm (its own knobs), the data set family (learning
+rate, batch size and weight decay differ between the small embedded data sets and real
+images, as in DomainBed) and the backbone (e.g. ResNet dropout).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from sage_bench.seeding import seed_hash
+
+Sampler = Callable[[np.random.RandomState], Any]
+
+
+@dataclass(frozen=True)
+class HParam:
+    """One hyperparameter: its default, how random search draws it, and what it means."""
+
+    default: Any
+    sample: Sampler
+    help: str = ""
+    choices: tuple[Any, ...] | None = None
+
+
+class HParamError(ValueError):
+    """An unknown hyperparameter name or a value of the wrong type."""
+
+
+def _const(value: Any) -> Sampler:
+    return lambda r: value
+
+
+def _log_uniform(low_exp: float, high_exp: float) -> Sampler:
+    return lambda r: float(10 ** r.uniform(low_exp, high_exp))
+
+
+def _choice(values: list[Any]) -> Sampler:
+    return lambda r: r.choice(values)
+
+
+# --------------------------------------------------------------------------------------------
+# Shared by every algorithm; depends on the data set family ("small" images: the embedded
+# digits; "large": real 224x224 images) as DomainBed's SMALL_IMAGES switch does.
+
+
+def _common_space(family: str, dataset: str | None) -> dict[str, HParam]:
+    space: dict[str, HParam] = {}
+    if family == "small":
+        space["lr"] = HParam(1e-3, _log_uniform(-4.5, -2.5), "learning rate")
+        space["weight_decay"] = HParam(0.0, _const(0.0), "weight decay")
+        space["batch_size"] = HParam(
+            64, lambda r: int(2 ** r.uniform(3, 9)), "examples per training domain per step"
+        )
+    else:
+        space["lr"] = HParam(5e-5, _log_uniform(-5, -3.5), "learning rate")
+        space["weight_decay"] = HParam(0.0, _log_uniform(-6, -2), "weight decay")
+        high = 5.0 if dataset == "DomainNet" else 5.5
+        space["batch_size"] = HParam(
+            32, lambda r: int(2 ** r.uniform(3, high)), "examples per training domain per step"
+        )
+        space["data_augmentation"] = HParam(
+            True, _const(True), "DomainBed's training augmentation on training domains"
+        )
+    return space
+
+
+# --------------------------------------------------------------------------------------------
+# Per backbone.
+
+BACKBONE_SPACES: dict[str, Callable[[], dict[str, HParam]]] = {}
+
+
+# --------------------------------------------------------------------------------------------
+# Per algorithm. Each entry maps an algorithm name to its own hyperparameters.
+
+ALGORITHM_SPACES: dict[str, Callable[[], dict[str, HParam]]] = {
+    "ERM": dict,
+}
+
+
+def _shared_names() -> frozenset[str]:
+    names = set(_common_space("small", None)) | set(_common_space("large", "DomainNet"))
+    for make in BACKBONE_SPACES.values():
+        names |= set(make())
+    return frozenset(names)
+
+
+def algorithm_space(algorithm: str) -> dict[str, HParam]:
+    """The hyperparameters that belong to ``algorithm`` itself (no data set or backbone)."""
+    if algorithm not in ALGORITHM_SPACES:
+        raise HParamError(
+            f"unknown algorithm {algorithm!r}; valid choices: {', '.join(sorted(ALGORITHM_SPACES))}"
+        )
+    return ALGORITHM_SPACES[algorithm]()
+
+
+def dataset_family(dataset: str) -> str:
+    """``"small"`` or ``"large"``: which DomainBed default learning rate and batch size apply."""
+    from sage_bench.data import get_dataset_class
+
+    return get_dataset_class(dataset).HPARAM_FAMILY
+
+
+def hparam_space(algorithm: str, dataset: str, backbone: str | None = None) -> dict[str, HParam]:
+    """Every hyperparameter of a job: shared, per backbone, and per algorithm."""
+    space = _common_space(dataset_family(dataset), dataset)
+    if backbone is not None and backbone in BACKBONE_SPACES:
+        space.update(BACKBONE_SPACES[backbone]())
+    for name, spec in algorithm_space(algorithm).items():
+        if name in space:
+            raise AssertionError(f"hyperparameter {name!r} of {algorithm} shadows a shared one")
+        space[name] = spec
+    return space
+
+
+def defaults(space: Mapping[str, HParam]) -> dict[str, Any]:
+    """The default value of every hyperparameter in ``space``."""
+    return {name: spec.default for name, spec in space.items()}
+
+
+def sample(space: Mapping[str, HParam], seed: int) -> dict[str, Any]:
+    """One random draw of every hyperparameter, each from its own stream (DomainBed)."""
+    drawn = {}
+    for name, spec in space.items():
+        value = spec.sample(np.random.RandomState(seed_hash(seed, name)))
+        drawn[name] = value.item() if isinstance(value, np.generic) else value
+    return drawn
+
+
+def default_hparams(algorithm: str, dataset: str, backbone: str | None = None) -> dict[str, Any]:
+    """DomainBed's ``default_hparams``."""
+    return defaults(hparam_space(algorithm, dataset, backbone))
+
+
+def random_hparams(
+    algorithm: str, dataset: str, seed: int, backbone: str | None = None
+) -> dict[str, Any]:
+    """DomainBed's ``random_hparams``: ``seed`` is ``seed_hash(hparams_seed, trial_seed)``."""
+    return sample(hparam_space(algorithm, dataset, backbone), seed)
+
+
+def coerce(name: str, spec: HParam, value: Any) -> Any:
+    """``value`` converted to the type of ``spec.default``, or an error that says why not."""
+    default = spec.default
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise HParamError(f"hparams.{name} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise HParamError(f"hparams.{name} must be an integer, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise HParamError(f"hparams.{name} must be a number, got {value!r}")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise HParamError(f"hparams.{name} must be a string, got {value!r}")
+        if spec.choices is not None and value not in spec.choices:
+            raise HParamError(
+                f"hparams.{name}={value!r} is not valid; valid choices: {', '.join(spec.choices)}"
+            )
+        return value
+    return value
+
+
+def apply_overrides(
+    space: Mapping[str, HParam], hparams: Mapping[str, Any], overrides: Mapping[str, Any]
+) -> dict[str, Any]:
+    """``hparams`` with ``overrides`` applied, after checking every name and type."""
+    unknown = sorted(set(overrides) - set(space))
+    if unknown:
+        raise HParamError(
+            f"unknown hyperparameter{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(repr(k) for k in unknown)}; valid names: {', '.join(sorted(space))}"
+        )
+    merged = dict(hparams)
+    for name, value in overrides.items():
+        merged[name] = coerce(name, space[name], value)
+    return merged
+
+
+def resolve_hparams(
+    algorithm: str,
+    dataset: str,
+    hparams_seed: int,
+    trial_seed: int,
+    overrides: Mapping[str, Any] | None = None,
+    backbone: str | None = None,
+) -> dict[str, Any]:
+    """The hyperparameters of one job, as DomainBed's ``train.py`` computes them."""
+    space = hparam_space(algorithm, dataset, backbone)
+    if hparams_seed == 0:
+        hparams = defaults(space)
+    else:
+        hparams = sample(space, seed_hash(hparams_seed, trial_seed))
+    return apply_overrides(space, hparams, overrides or {})
+
+
+SHARED_HPARAM_NAMES: frozenset[str] = _shared_names()
+"""Names of the hyperparameters that are not an algorithm's own (``lr``, ``batch_size``, ...)."""

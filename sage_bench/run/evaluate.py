@@ -1,0 +1,28 @@
+"""Accuracy of an algorithm on a loader."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader
+
+from sage_bench.algorithms.base import Algorithm
+
+
+@torch.no_grad()
+def accuracy(algorithm: Algorithm, loader: DataLoader, device: torch.device) -> float:
+    """Fraction of examples whose arg-max logit is the label, in eval mode (train mode restored)."""
+    was_training = algorithm.training
+    algorithm.eval()
+    correct = 0
+    total = 0
+    try:
+        for x, y in loader:
+            x = x.to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True)
+            correct += (algorithm.predict(x).argmax(dim=1) == y).sum().item()
+            total += len(y)
+    finally:
+        algorithm.train(was_training)
+    if total == 0:
+        raise ValueError("cannot compute an accuracy on an empty split")
+    return correct / total

@@ -1,0 +1,218 @@
+"""Train one job into its output folder (DomainBed's ``train.py``, as a function)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import resource
+import sys
+import time
+import traceback
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from tqdm.auto import tqdm
+
+from sage_bench import __version__
+from sage_bench.algorithms import build_algorithm
+from sage_bench.config import JobSpec
+from sage_bench.data import get_dataset_class
+from sage_bench.data.loaders import eval_loader, infinite_loader
+from sage_bench.data.splits import split_environments
+from sage_bench.models import build_network
+from sage_bench.optim import build_optimizer
+from sage_bench.records import (
+    ERROR_FILE,
+    LOG_FILE,
+    RESULTS_FILE,
+    append_record,
+    is_done,
+    mark_done,
+)
+from sage_bench.run.evaluate import accuracy
+from sage_bench.seeding import seed_everything, seed_hash
+
+JOB_FILE = "job.json"
+
+
+class _TqdmHandler(logging.Handler):
+    """Log lines printed above the progress bar instead of through it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm.write(self.format(record), file=sys.stdout)
+
+
+@contextmanager
+def _job_logger(job_dir: Path, console: bool = True) -> Iterator[logging.Logger]:
+    logger = logging.getLogger(f"sage_bench.job.{job_dir.name}")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    file_handler = logging.FileHandler(job_dir / LOG_FILE, encoding="utf-8")
+    file_handler.setFormatter(logging.Formatter("%(message)s"))
+    handlers: list[logging.Handler] = [file_handler]
+    if console:
+        console_handler = _TqdmHandler()
+        console_handler.setFormatter(logging.Formatter("%(message)s"))
+        handlers.append(console_handler)
+    for handler in handlers:
+        logger.addHandler(handler)
+    try:
+        yield logger
+    finally:
+        for handler in handlers:
+            logger.removeHandler(handler)
+            handler.close()
+
+
+def _peak_memory_gb(device: torch.device) -> float:
+    """Peak CUDA memory allocated on ``device``; on CPU, the process's peak resident memory."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def _format_row(values: list, width: int = 12) -> str:
+    def fmt(v) -> str:
+        if isinstance(v, float):
+            v = f"{v:.4f}"
+        return str(v).ljust(width)[:width]
+
+    return "  ".join(fmt(v) for v in values)
+
+
+def run_job(spec: JobSpec) -> Path:
+    """Train ``spec`` and write its folder ``spec.job_dir``; return that folder.
+
+    A finished job (its ``done`` marker exists) is not run again.
+    """
+    job_dir = spec.job_dir
+    if is_done(job_dir):
+        print(f"{job_dir}: already done")
+        return job_dir
+    job_dir.mkdir(parents=True, exist_ok=True)
+    (job_dir / ERROR_FILE).unlink(missing_ok=True)
+    with _job_logger(job_dir) as log:
+        try:
+            _train(spec, job_dir, log)
+        except BaseException as exc:
+            (job_dir / ERROR_FILE).write_text("".join(traceback.format_exception(exc)))
+            log.error(f"job failed: {type(exc).__name__}: {exc}")
+            raise
+    return job_dir
+
+
+def _describe(spec: JobSpec, log: logging.Logger) -> None:
+    log.info("Environment:")
+    log.info(f"\tsage-bench: {__version__}")
+    log.info(f"\tPython: {platform.python_version()}")
+    log.info(f"\tPyTorch: {torch.__version__}")
+    log.info(f"\tTorchvision: {torchvision.__version__}")
+    log.info(f"\tCUDA: {torch.version.cuda}")
+    log.info(f"\tNumPy: {np.__version__}")
+    log.info("Args:")
+    for key, value in sorted(spec.record_args().items()):
+        log.info(f"\t{key}: {value}")
+    log.info("HParams:")
+    for key, value in sorted(spec.hparams.items()):
+        log.info(f"\t{key}: {value}")
+
+
+def _train(spec: JobSpec, job_dir: Path, log: logging.Logger) -> None:
+    _describe(spec, log)
+    (job_dir / JOB_FILE).write_text(json.dumps(spec.record_args(), indent=2, sort_keys=True))
+    (job_dir / RESULTS_FILE).unlink(missing_ok=True)  # an unfinished earlier attempt starts over
+
+    seed_everything(spec.seed)
+    device = torch.device(spec.device)
+    hparams = spec.hparams
+
+    dataset = get_dataset_class(spec.dataset)(
+        str(spec.data_dir), spec.test_envs, hparams, **spec.dataset_options
+    )
+    splits = split_environments(dataset, spec.holdout_fraction, spec.trial_seed)
+    train_envs = [i for i in range(len(dataset)) if i not in spec.test_envs]
+    batch_size = hparams["batch_size"]
+    pin = device.type == "cuda"
+    train_iterators = [
+        infinite_loader(
+            splits[i].in_split,
+            batch_size,
+            seed=seed_hash(spec.seed, "train_loader", i),
+            num_workers=spec.num_workers,
+            pin_memory=pin,
+        )
+        for i in train_envs
+    ]
+    eval_sets = [(f"env{i}_in", s.in_split) for i, s in enumerate(splits)]
+    eval_sets += [(f"env{i}_out", s.out_split) for i, s in enumerate(splits)]
+    eval_loaders = [
+        (name, eval_loader(split, spec.eval_batch_size, spec.num_workers, pin))
+        for name, split in eval_sets
+    ]
+
+    network = build_network(
+        spec.backbone, dataset.input_shape, dataset.num_classes, hparams, **spec.backbone_options
+    ).to(device)
+    optimizer = build_optimizer(spec.optimizer, network.parameters(), hparams, **spec.optimizer_options)
+    algorithm = build_algorithm(spec.algorithm, network, optimizer, hparams)
+    algorithm.train()
+
+    steps_per_epoch = min(len(s.in_split) / batch_size for s in splits)
+    test_env = spec.test_envs[0]
+    val_keys = [f"env{i}_out_acc" for i in train_envs]
+    header = ["step", "epoch", "loss", "train_val", f"env{test_env}_in", "step_time"]
+    log.info(_format_row(header))
+
+    interval: dict[str, list[float]] = defaultdict(list)
+    bar = tqdm(
+        range(spec.steps),
+        desc=f"{spec.algorithm} {spec.dataset} test_envs={spec.test_envs}",
+        disable=not spec.progress,
+        dynamic_ncols=True,
+        leave=False,
+    )
+    for step in bar:
+        start = time.time()
+        minibatches = [
+            (x.to(device, non_blocking=pin), y.to(device, non_blocking=pin))
+            for x, y in (next(it) for it in train_iterators)
+        ]
+        stats = algorithm.update(minibatches)
+        interval["step_time"].append(time.time() - start)
+        for key, value in stats.items():
+            interval[key].append(float(value))
+        if "loss" in stats:
+            bar.set_postfix(loss=f"{stats['loss']:.4f}", refresh=False)
+
+        if step % spec.checkpoint_freq == 0 or step == spec.steps - 1:
+            record: dict = {"step": step, "epoch": step / steps_per_epoch}
+            for key, values in interval.items():
+                record[key] = float(np.mean(values))
+            for name, loader in eval_loaders:
+                record[f"{name}_acc"] = accuracy(algorithm, loader, device)
+            record["mem_gb"] = _peak_memory_gb(device)
+            record["hparams"] = hparams
+            record["args"] = spec.record_args()
+            append_record(job_dir, record)
+            interval = defaultdict(list)
+            log.info(
+                _format_row(
+                    [
+                        step,
+                        record["epoch"],
+                        record.get("loss", float("nan")),
+                        float(np.mean([record[k] for k in val_keys])),
+                        record[f"env{test_env}_in_acc"],
+                        record["step_time"],
+                    ]
+                )
+            )
+    bar.close()
+    mark_done(job_dir)
+    log.info(f"done: {job_dir}")
