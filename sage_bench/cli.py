@@ -1,39 +1,16 @@
-"""The ``sage-bench`` command."""
+"""The ``sage-bench`` command: subcommands live in ``sage_bench.commands``."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
-EPILOG_TRAIN = """\
-overrides are Hydra's key=value, for example:
-  sage-bench train dataset=RotatedDigits algorithm=ERM test_envs=[0] trial_seed=0 \\
-      hparams_seed=0 output_dir=runs steps=500 hparams.lr=3e-4
-"""
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
-    from omegaconf import OmegaConf
-
-    from sage_bench.config import compose_job_config, job_from_config
-
-    cfg = compose_job_config(args.overrides)
-    if args.show_config:
-        print(OmegaConf.to_yaml(cfg), end="")
-        return 0
-    spec = job_from_config(cfg)
-    if args.dry_run:
-        print(f"job folder: {spec.job_dir}")
-        for key, value in sorted(spec.hparams.items()):
-            print(f"  hparams.{key}: {value}")
-        return 0
-
-    from sage_bench.run import run_job
-
-    job_dir = run_job(spec)
-    print(job_dir)
-    return 0
+# subcommand modules, in the order ``--help`` lists them
+COMMANDS = [
+    "sage_bench.commands.train",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,30 +21,21 @@ def build_parser() -> argparse.ArgumentParser:
         description="Domain-generalization experiments: train one job, sweep, collect tables.",
     )
     parser.add_argument("--version", action="version", version=f"sage-bench {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    train = sub.add_parser(
-        "train",
-        help="train one job into its output folder",
-        epilog=EPILOG_TRAIN,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    train.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
-    train.add_argument("--show-config", action="store_true", help="print the composed configuration and exit")
-    train.add_argument("--dry-run", action="store_true", help="validate, print the job folder and hyperparameters, exit")
-    train.set_defaults(func=_cmd_train)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMANDS:
+        importlib.import_module(module).add_parser(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``sage-bench`` console script."""
-    from sage_bench.config import ConfigError
+    """Entry point of the ``sage-bench`` console script; returns the exit code."""
+    from sage_bench.errors import UserError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
-    except ConfigError as exc:
+        return int(args.func(args) or 0)
+    except UserError as exc:
         print(f"sage-bench: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -20,15 +20,12 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from sage_bench import hparams as hp
 from sage_bench.data import DATASETS, get_dataset_class
+from sage_bench.errors import ConfigError
 from sage_bench.models import BACKBONES
 from sage_bench.records import job_hash
 from sage_bench.seeding import seed_hash
 
 CONFIG_MODULE = "sage_bench.configs"
-
-
-class ConfigError(ValueError):
-    """A job configuration that cannot run; the message says what is wrong and what is valid."""
 
 
 @dataclass

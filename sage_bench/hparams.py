@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from sage_bench.errors import UserError
 from sage_bench.seeding import seed_hash
 
 Sampler = Callable[[np.random.RandomState], Any]
@@ -34,7 +35,7 @@ class HParam:
     choices: tuple[Any, ...] | None = None
 
 
-class HParamError(ValueError):
+class HParamError(UserError, ValueError):
     """An unknown hyperparameter name or a value of the wrong type."""
 
 

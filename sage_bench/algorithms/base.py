@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,13 +20,26 @@ class Algorithm(nn.Module):
     to log; ``predict`` gives logits. The algorithm's ``state_dict`` holds the network's
     weights and any state of its own (e.g. a noise generator); the optimizer's state is saved
     separately by whoever made it.
+
+    Forward passes inside ``update`` go through ``self.autocast()``, so setting
+    ``autocast_dtype`` (the runner sets ``torch.bfloat16`` on CUDA) runs them in mixed
+    precision; the default ``None`` runs in the parameters' own precision.
     """
+
+    autocast_dtype: torch.dtype | None = None
 
     def __init__(self, network: nn.Module, optimizer: torch.optim.Optimizer, hparams: Mapping[str, Any]):
         super().__init__()
         self.network = network
         self.optimizer = optimizer
         self.hparams = dict(hparams)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Mixed precision for forward passes when ``autocast_dtype`` is set, else nothing."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        device_type = next(self.network.parameters()).device.type
+        return torch.autocast(device_type=device_type, dtype=self.autocast_dtype)
 
     def update(self, minibatches: Minibatches) -> dict[str, float]:
         """One training step on ``[(x_1, y_1), ..., (x_K, y_K)]``, one pair per training domain."""

@@ -12,7 +12,8 @@ class ERM(Algorithm):
 
     def update(self, minibatches: Minibatches) -> dict[str, float]:
         x, y = concat(minibatches)
-        loss = F.cross_entropy(self.predict(x), y)
+        with self.autocast():
+            loss = F.cross_entropy(self.predict(x), y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

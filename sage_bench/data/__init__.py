@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sage_bench.data.base import MultiDomainDataset
 from sage_bench.data.digits import ColoredDigits, RotatedDigits
+from sage_bench.errors import UserError
 
 DATASETS: dict[str, type[MultiDomainDataset]] = {
     "RotatedDigits": RotatedDigits,
@@ -11,7 +12,7 @@ DATASETS: dict[str, type[MultiDomainDataset]] = {
 }
 
 
-class UnknownDatasetError(KeyError):
+class UnknownDatasetError(UserError, KeyError):
     def __str__(self) -> str:
         return str(self.args[0])
 
@@ -29,4 +30,11 @@ def num_environments(name: str) -> int:
     return len(get_dataset_class(name).ENVIRONMENTS)
 
 
-__all__ = ["DATASETS", "MultiDomainDataset", "get_dataset_class", "num_environments"]
+__all__ = [
+    "DATASETS",
+    "ColoredDigits",
+    "MultiDomainDataset",
+    "RotatedDigits",
+    "get_dataset_class",
+    "num_environments",
+]

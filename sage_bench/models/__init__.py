@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import nn
 
+from sage_bench.errors import UserError
 from sage_bench.models.digits_cnn import DigitsCNN
 from sage_bench.models.network import Classifier
 
@@ -23,7 +24,7 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
 HEADS = ("linear",)
 
 
-class UnknownBackboneError(KeyError):
+class UnknownBackboneError(UserError, KeyError):
     def __str__(self) -> str:
         return str(self.args[0])
 
