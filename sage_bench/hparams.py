@@ -84,11 +84,75 @@ BACKBONE_SPACES: dict[str, Callable[[], dict[str, HParam]]] = {}
 
 
 # --------------------------------------------------------------------------------------------
-# Per algorithm. Each entry maps an algorithm name to its own hyperparameters.
+# Per algorithm. Each entry maps an algorithm name to a function of the data set family that
+# returns the algorithm's own hyperparameters.
 
-ALGORITHM_SPACES: dict[str, Callable[[], dict[str, HParam]]] = {
-    "ERM": dict,
+
+def _sam_space(family: str) -> dict[str, HParam]:
+    return {"rho": HParam(0.05, _choice([0.01, 0.02, 0.05, 0.1]), "perturbation radius")}
+
+
+def _gsam_space(family: str) -> dict[str, HParam]:
+    return {
+        **_sam_space(family),
+        "alpha": HParam(0.01, _choice([0.01, 0.02, 0.03]), "weight of the surrogate-gap term"),
+    }
+
+
+def _sagm_space(family: str) -> dict[str, HParam]:
+    return {
+        **_sam_space(family),
+        "alpha": HParam(0.001, _choice([0.0005, 0.001, 0.002]), "gradient-matching coefficient"),
+    }
+
+
+def _disam_space(family: str) -> dict[str, HParam]:
+    return {
+        **_sam_space(family),
+        "lambda": HParam(0.1, _log_uniform(-2, 0), "weight of the domain-loss variance"),
+    }
+
+
+def _sage_space(family: str) -> dict[str, HParam]:
+    if family == "large":  # the paper's DomainBed setting (CLIP ViT-B/16), appendix E
+        rho = HParam(1e-6, _log_uniform(-7, -5), "spectral perturbation radius, relative to ||W||_F")
+        gamma = HParam(1e-6, _log_uniform(-7, -5), "largest noise scale (at S = -1 it is 2 gamma)")
+    else:
+        rho = HParam(1e-3, _log_uniform(-4, -2), "spectral perturbation radius, relative to ||W||_F")
+        gamma = HParam(1e-3, _log_uniform(-4, -2), "largest noise scale (at S = -1 it is 2 gamma)")
+    return {
+        "rho": rho,
+        "gamma": gamma,
+        "orthogonalize": HParam(True, _const(True), "polar factor of each weight gradient (off: G/||G||_F)"),
+        "layer_scale": HParam(True, _const(True), "scale each perturbation by ||W||_F"),
+        "noise": HParam(True, _const(True), "agreement-scaled gradient noise at the descent step"),
+        "polar": HParam(
+            "quintic", _const("quintic"), "how the polar factor is computed", ("quintic", "cubic", "svd")
+        ),
+        "ns_steps": HParam(5, _const(5), "Newton-Schulz iterations"),
+        "domain_grads": HParam(
+            "chunks", _const("chunks"), "how per-domain gradients are computed", ("chunks", "concat", "vmap")
+        ),
+    }
+
+
+ALGORITHM_SPACES: dict[str, Callable[[str], dict[str, HParam]]] = {
+    "ERM": lambda family: {},
+    "SAM": _sam_space,
+    "GSAM": _gsam_space,
+    "SAGM": _sagm_space,
+    "DISAM": _disam_space,
+    "SAGE": _sage_space,
 }
+
+
+def algorithm_space(algorithm: str, family: str = "large") -> dict[str, HParam]:
+    """The hyperparameters that belong to ``algorithm`` itself, for a data set family."""
+    if algorithm not in ALGORITHM_SPACES:
+        raise HParamError(
+            f"unknown algorithm {algorithm!r}; valid choices: {', '.join(sorted(ALGORITHM_SPACES))}"
+        )
+    return ALGORITHM_SPACES[algorithm](family)
 
 
 def _shared_names() -> frozenset[str]:
@@ -96,15 +160,6 @@ def _shared_names() -> frozenset[str]:
     for make in BACKBONE_SPACES.values():
         names |= set(make())
     return frozenset(names)
-
-
-def algorithm_space(algorithm: str) -> dict[str, HParam]:
-    """The hyperparameters that belong to ``algorithm`` itself (no data set or backbone)."""
-    if algorithm not in ALGORITHM_SPACES:
-        raise HParamError(
-            f"unknown algorithm {algorithm!r}; valid choices: {', '.join(sorted(ALGORITHM_SPACES))}"
-        )
-    return ALGORITHM_SPACES[algorithm]()
 
 
 def dataset_family(dataset: str) -> str:
@@ -116,10 +171,11 @@ def dataset_family(dataset: str) -> str:
 
 def hparam_space(algorithm: str, dataset: str, backbone: str | None = None) -> dict[str, HParam]:
     """Every hyperparameter of a job: shared, per backbone, and per algorithm."""
-    space = _common_space(dataset_family(dataset), dataset)
+    family = dataset_family(dataset)
+    space = _common_space(family, dataset)
     if backbone is not None and backbone in BACKBONE_SPACES:
         space.update(BACKBONE_SPACES[backbone]())
-    for name, spec in algorithm_space(algorithm).items():
+    for name, spec in algorithm_space(algorithm, family).items():
         if name in space:
             raise AssertionError(f"hyperparameter {name!r} of {algorithm} shadows a shared one")
         space[name] = spec

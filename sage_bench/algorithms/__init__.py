@@ -18,9 +18,16 @@ from torch import nn
 from sage_bench import hparams as hp
 from sage_bench.algorithms.base import Algorithm, Minibatches
 from sage_bench.algorithms.erm import ERM
+from sage_bench.algorithms.sage import SAGE
+from sage_bench.algorithms.sharpness import DISAM, GSAM, SAGM, SAM
 
 ALGORITHMS: dict[str, type[Algorithm]] = {
     "ERM": ERM,
+    "SAM": SAM,
+    "GSAM": GSAM,
+    "SAGM": SAGM,
+    "DISAM": DISAM,
+    "SAGE": SAGE,
 }
 
 
@@ -38,20 +45,34 @@ def build_algorithm(
     network: nn.Module,
     optimizer: torch.optim.Optimizer,
     hparams: Mapping[str, Any] | None = None,
+    family: str = "large",
 ) -> Algorithm:
     """Wrap ``network`` and ``optimizer`` in the algorithm called ``name``.
 
     ``hparams`` may set any of the algorithm's own hyperparameters (the rest keep their
     defaults, see ``sage_bench.hparams``) and may also carry the shared ones a job has
     (``lr``, ``batch_size``, ...), which the algorithm ignores. An unknown name or a value of
-    the wrong type is an error that lists what is valid.
+    the wrong type is an error that lists what is valid. ``family`` picks the defaults of
+    hyperparameters that differ between small images and real images (see ``sage_bench.hparams``).
     """
     cls = get_algorithm_class(name)
-    space = hp.algorithm_space(name)
+    space = hp.algorithm_space(name, family)
     given = dict(hparams or {})
     own = {k: v for k, v in given.items() if k not in hp.SHARED_HPARAM_NAMES}
     resolved = hp.apply_overrides(space, hp.defaults(space), own)
     return cls(network, optimizer, {**given, **resolved})
 
 
-__all__ = ["ALGORITHMS", "Algorithm", "Minibatches", "build_algorithm", "get_algorithm_class"]
+__all__ = [
+    "ALGORITHMS",
+    "DISAM",
+    "ERM",
+    "GSAM",
+    "SAGE",
+    "SAGM",
+    "SAM",
+    "Algorithm",
+    "Minibatches",
+    "build_algorithm",
+    "get_algorithm_class",
+]

@@ -160,7 +160,7 @@ def _train(spec: JobSpec, job_dir: Path, log: logging.Logger) -> None:
         spec.backbone, dataset.input_shape, dataset.num_classes, hparams, **spec.backbone_options
     ).to(device)
     optimizer = build_optimizer(spec.optimizer, network.parameters(), hparams, **spec.optimizer_options)
-    algorithm = build_algorithm(spec.algorithm, network, optimizer, hparams)
+    algorithm = build_algorithm(spec.algorithm, network, optimizer, hparams, family=dataset.HPARAM_FAMILY)
     algorithm.train()
 
     steps_per_epoch = min(len(s.in_split) / batch_size for s in splits)

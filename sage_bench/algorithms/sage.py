@@ -1,0 +1,98 @@
+"""SAGE: Spectral-Aware Gradient-Aligned Exploration (the paper's Algorithm 1).
+
+One step:
+
+1. Per-domain gradients ``g_k`` at ``w`` (``sage_bench.geometry.domain_gradients``: one
+   forward+backward per domain over its own examples, which together cost one pass over the
+   batch); the clean loss and the total gradient ``g = sum_k (n_k/n) g_k`` come from the same
+   passes.
+2. Agreement ``S`` = mean pairwise cosine of the flattened ``g_k``; noise scale
+   ``beta = gamma (1 - S)``. With a single training domain there is no pair: ``S = 1`` and no
+   noise is added.
+3. Spectral perturbation from ``g``: ``e_W = rho ||W||_F polar(G)`` for every parameter with two
+   or more dimensions (conv kernels flattened to ``(out, -1)``), ``e = rho g / ||g||`` for
+   vectors (``sage_bench.geometry.spectral_perturbation``).
+4. Gradient ``g_adv`` of the mean cross-entropy at ``w + e``; weights restored to ``w``.
+5. ``g_final = g_adv + beta * xi`` with ``xi ~ N(0, I)`` from the algorithm's own seeded
+   generator (noise is added to the gradient, as in Algorithm 1 line 29); base optimizer step.
+
+Hyperparameters: ``rho``, ``gamma``; ablation switches ``orthogonalize`` (off: ``G/||G||_F``),
+``layer_scale`` (off: drop ``||W||_F``), ``noise`` (off: ``beta = 0``); ``polar`` (``quintic``:
+Muon's Newton-Schulz, what Algorithm 1 names; ``cubic``: Eq. 7; ``svd``: exact), ``ns_steps``;
+``domain_grads`` (``chunks``, ``concat`` or ``vmap``: how per-domain gradients are computed;
+same numbers except with BatchNorm in training mode).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from sage_bench.algorithms.base import Minibatches, concat
+from sage_bench.algorithms.sharpness import TwoPassAlgorithm
+from sage_bench.geometry import domain_gradients, mean_pairwise_cosine, spectral_perturbation
+
+
+class SAGE(TwoPassAlgorithm):
+    """Spectral perturbation for flatness, agreement-scaled gradient noise for alignment."""
+
+    def __init__(self, network, optimizer, hparams: Mapping[str, Any]):
+        super().__init__(network, optimizer, hparams)
+        # drawn from the global generator, so the noise is fixed by the job's seed
+        self.noise_seed = int(torch.randint(0, 2**62, (1,)).item())
+        self._generator: torch.Generator | None = None
+
+    def noise_generator(self, device: torch.device) -> torch.Generator:
+        """The seeded generator the descent noise is drawn from (on the parameters' device)."""
+        if self._generator is None or self._generator.device != device:
+            self._generator = torch.Generator(device=device).manual_seed(self.noise_seed)
+        return self._generator
+
+    def get_extra_state(self) -> dict[str, Any]:
+        state = {"noise_seed": self.noise_seed}
+        if self._generator is not None:
+            state["generator_state"] = self._generator.get_state()
+            state["generator_device"] = str(self._generator.device)
+        return state
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.noise_seed = int(state["noise_seed"])
+        self._generator = None
+        if "generator_state" in state:
+            generator = self.noise_generator(torch.device(state["generator_device"]))
+            generator.set_state(state["generator_state"])
+
+    def update(self, minibatches: Minibatches) -> dict[str, float]:
+        h = self.hparams
+        params = self.trainable()
+        grads = domain_gradients(
+            self.network, params, minibatches, method=h["domain_grads"], autocast=self.autocast
+        )
+        agreement = mean_pairwise_cosine(grads.grads)
+        beta = h["gamma"] * (1.0 - agreement.item()) if h["noise"] else 0.0
+        del grads.grads  # only the total is needed from here on
+
+        e = spectral_perturbation(
+            params,
+            grads.total,
+            h["rho"],
+            orthogonalize=h["orthogonalize"],
+            layer_scale=h["layer_scale"],
+            polar=h["polar"],
+            ns_steps=h["ns_steps"],
+        )
+        x, y = concat(minibatches)
+        loss_adv, grads_adv = self.perturbed_grad(x, y, params, e)
+        if beta != 0.0:
+            generator = self.noise_generator(grads_adv[0].device)
+            for g in grads_adv:
+                g.add_(torch.randn(g.shape, generator=generator, device=g.device, dtype=g.dtype), alpha=beta)
+        self.descend(params, grads_adv)
+        return {
+            "loss": grads.loss.item(),
+            "perturbed_loss": loss_adv.item(),
+            "S": agreement.item(),
+            "beta": beta,
+        }

@@ -1,0 +1,30 @@
+"""Torch-only geometry shared by the algorithms and the analyses: polar factors, per-domain
+gradients and their agreement, and perturbations."""
+
+from sage_bench.geometry.domain_grads import (
+    DOMAIN_GRAD_METHODS,
+    DomainGradients,
+    domain_gradients,
+    mean_pairwise_cosine,
+)
+from sage_bench.geometry.perturb import (
+    global_norm,
+    perturbed,
+    sam_perturbation,
+    spectral_perturbation,
+)
+from sage_bench.geometry.polar import POLAR_METHODS, orthogonality_error, polar_factor
+
+__all__ = [
+    "DOMAIN_GRAD_METHODS",
+    "POLAR_METHODS",
+    "DomainGradients",
+    "domain_gradients",
+    "global_norm",
+    "mean_pairwise_cosine",
+    "orthogonality_error",
+    "perturbed",
+    "polar_factor",
+    "sam_perturbation",
+    "spectral_perturbation",
+]
