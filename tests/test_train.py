@@ -85,3 +85,15 @@ def test_cli_train_end_to_end(tmp_path, capsys):
     assert code == 0
     job_dir = capsys.readouterr().out.strip().splitlines()[-1]
     assert read_records(job_dir)[-1]["step"] == 20
+
+
+@pytest.mark.parametrize("algorithm", ["SAM", "GSAM", "SAGM", "DISAM", "SAGE"])
+def test_every_algorithm_trains_through_the_runner(tmp_path, algorithm):
+    spec, job_dir = _run(tmp_path, f"algorithm={algorithm}", "steps=11", "checkpoint_freq=5")
+    records = read_records(job_dir)
+    assert [r["step"] for r in records] == [0, 5, 10]
+    assert {"loss", "perturbed_loss"} <= set(records[-1])
+    assert records[-1]["hparams"]["rho"] == spec.hparams["rho"]
+    if algorithm == "SAGE":
+        assert {"S", "beta"} <= set(records[-1])
+        assert -1.0 <= records[-1]["S"] <= 1.0 and records[-1]["beta"] >= 0.0

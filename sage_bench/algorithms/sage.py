@@ -36,7 +36,13 @@ from sage_bench.geometry import domain_gradients, mean_pairwise_cosine, spectral
 
 
 class SAGE(TwoPassAlgorithm):
-    """Spectral perturbation for flatness, agreement-scaled gradient noise for alignment."""
+    """Spectral perturbation for flatness, agreement-scaled gradient noise for alignment.
+
+    BatchNorm running statistics are frozen during the perturbed pass (as GSAM's and SAGM's
+    authors do); parameters the loss does not depend on are left alone.
+    """
+
+    freeze_bn_in_perturbed_pass = True
 
     def __init__(self, network, optimizer, hparams: Mapping[str, Any]):
         super().__init__(network, optimizer, hparams)
@@ -73,10 +79,11 @@ class SAGE(TwoPassAlgorithm):
         agreement = mean_pairwise_cosine(grads.grads)
         beta = h["gamma"] * (1.0 - agreement.item()) if h["noise"] else 0.0
         del grads.grads  # only the total is needed from here on
+        params, total = self.used(params, [g if u else None for g, u in zip(grads.total, grads.used)])
 
         e = spectral_perturbation(
             params,
-            grads.total,
+            total,
             h["rho"],
             orthogonalize=h["orthogonalize"],
             layer_scale=h["layer_scale"],

@@ -13,13 +13,20 @@ batches unless stated. Norms are one L2 norm over all trainable parameters.
 | SAGM      | ``(rho / (||g|| + eps) - alpha) g``        | ``(g + g_adv) / 2``                    |
 | DISAM     | as SAM, of ``d = grad(CE - lambda Var_k L_k)`` | ``g_adv``                          |
 
-The parameters perturbed and updated are those the optimizer holds that require a gradient.
+The parameters perturbed and updated are those the optimizer holds that require a gradient
+and that the loss depends on (parameters without a gradient are left alone, as the authors'
+code skips them). Where the authors' code freezes BatchNorm running statistics during the
+perturbed pass (GSAM, SAGM), so does this; SAM (the DomainBed/SWAD port) and DISAM do not.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from sage_bench.algorithms.base import Algorithm, Minibatches, concat
 from sage_bench.geometry import perturbed, sam_perturbation
@@ -27,8 +34,25 @@ from sage_bench.geometry import perturbed, sam_perturbation
 EPS = 1e-12  # the eps of the authors' SAM / GSAM / SAGM code (davda54/sam, GSAM, SAGM)
 
 
+@contextlib.contextmanager
+def frozen_batchnorm_statistics(network: nn.Module) -> Iterator[None]:
+    """BatchNorm layers keep their running statistics inside the block (momentum 0)."""
+    saved = {}
+    for module in network.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            saved[module] = module.momentum
+            module.momentum = 0.0
+    try:
+        yield
+    finally:
+        for module, momentum in saved.items():
+            module.momentum = momentum
+
+
 class TwoPassAlgorithm(Algorithm):
     """Shared steps of algorithms that take a gradient at a perturbed point."""
+
+    freeze_bn_in_perturbed_pass = False
 
     def trainable(self) -> list[torch.nn.Parameter]:
         """The optimizer's parameters that require a gradient, in the optimizer's order."""
@@ -38,9 +62,22 @@ class TwoPassAlgorithm(Algorithm):
         with self.autocast():
             return F.cross_entropy(self.predict(x), y)
 
-    def loss_and_grad(self, x, y, params) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def loss_and_grad(self, x, y, params) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        """Mean cross-entropy and its gradient (``None`` for parameters it does not depend on)."""
         loss = self.mean_loss(x, y)
-        return loss.detach(), list(torch.autograd.grad(loss, params))
+        return loss.detach(), list(torch.autograd.grad(loss, params, allow_unused=True))
+
+    @staticmethod
+    def used(params, grads) -> tuple[list[torch.nn.Parameter], list[torch.Tensor]]:
+        """The parameters that received a gradient, and those gradients."""
+        pairs = [(p, g) for p, g in zip(params, grads) if g is not None]
+        return [p for p, _ in pairs], [g for _, g in pairs]
+
+    def clean_grad(self, x, y) -> tuple[torch.Tensor, list[torch.nn.Parameter], list[torch.Tensor]]:
+        """Loss at ``w``, the parameters it depends on, and its gradient."""
+        loss, grads = self.loss_and_grad(x, y, self.trainable())
+        params, grads = self.used(self.trainable(), grads)
+        return loss, params, grads
 
     def descend(self, params: list[torch.nn.Parameter], grads: list[torch.Tensor]) -> None:
         """Base optimizer step at the current (restored) weights with ``grads``."""
@@ -52,8 +89,10 @@ class TwoPassAlgorithm(Algorithm):
 
     def perturbed_grad(self, x, y, params, perturbation) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Loss and gradient at ``w + e``; the weights are exactly ``w`` again afterwards."""
-        with perturbed(params, perturbation):
-            return self.loss_and_grad(x, y, params)
+        freeze = frozen_batchnorm_statistics if self.freeze_bn_in_perturbed_pass else contextlib.nullcontext
+        with perturbed(params, perturbation), freeze(self.network):
+            loss, grads = self.loss_and_grad(x, y, params)
+        return loss, [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
 
 
 def _dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
@@ -65,8 +104,7 @@ class SAM(TwoPassAlgorithm):
 
     def update(self, minibatches: Minibatches) -> dict[str, float]:
         x, y = concat(minibatches)
-        params = self.trainable()
-        loss, grads = self.loss_and_grad(x, y, params)
+        loss, params, grads = self.clean_grad(x, y)
         e = sam_perturbation(grads, self.hparams["rho"], eps=EPS)
         loss_adv, grads_adv = self.perturbed_grad(x, y, params, e)
         self.descend(params, grads_adv)
@@ -84,10 +122,11 @@ class GSAM(TwoPassAlgorithm):
     use a constant learning rate).
     """
 
+    freeze_bn_in_perturbed_pass = True
+
     def update(self, minibatches: Minibatches) -> dict[str, float]:
         x, y = concat(minibatches)
-        params = self.trainable()
-        loss, grads = self.loss_and_grad(x, y, params)
+        loss, params, grads = self.clean_grad(x, y)
         e = sam_perturbation(grads, self.hparams["rho"], eps=EPS)
         loss_adv, grads_adv = self.perturbed_grad(x, y, params, e)
         norm = torch.sqrt(_dot(grads, grads))
@@ -106,10 +145,11 @@ class SAGM(TwoPassAlgorithm):
     ``e = (rho / (||g|| + eps) - alpha) g``; the descent gradient is ``(g + g_adv) / 2``.
     """
 
+    freeze_bn_in_perturbed_pass = True
+
     def update(self, minibatches: Minibatches) -> dict[str, float]:
         x, y = concat(minibatches)
-        params = self.trainable()
-        loss, grads = self.loss_and_grad(x, y, params)
+        loss, params, grads = self.clean_grad(x, y)
         norm = torch.sqrt(_dot(grads, grads))
         scale = self.hparams["rho"] / (norm + EPS) - self.hparams["alpha"]
         e = torch._foreach_mul(grads, scale)
@@ -140,7 +180,8 @@ class DISAM(TwoPassAlgorithm):
         weights = weights / weights.sum()
         loss = (weights * domain_losses).sum()
         variance = (weights * (domain_losses - loss) ** 2).sum()
-        direction = list(torch.autograd.grad(loss - self.hparams["lambda"] * variance, params))
+        direction = torch.autograd.grad(loss - self.hparams["lambda"] * variance, params, allow_unused=True)
+        params, direction = self.used(params, direction)
         e = sam_perturbation(direction, self.hparams["rho"], eps=EPS)
         loss_adv, grads_adv = self.perturbed_grad(x, y, params, e)
         self.descend(params, grads_adv)

@@ -39,8 +39,9 @@ class DomainGradients:
 
     losses: torch.Tensor  # (K,) mean loss of each domain, detached
     weights: torch.Tensor  # (K,) n_k / n
-    grads: list[list[torch.Tensor]]  # grads[k][j]: gradient of L_k w.r.t. params[j]
+    grads: list[list[torch.Tensor]]  # grads[k][j]: gradient of L_k w.r.t. params[j] (0 if unused)
     total: list[torch.Tensor]  # sum_k weights[k] * grads[k][j]
+    used: list[bool]  # whether any domain's loss depends on params[j]
 
     @property
     def loss(self) -> torch.Tensor:
@@ -65,7 +66,7 @@ def _chunks(network, params, minibatches, loss_fn, autocast):
     for x, y in minibatches:
         with autocast():
             loss = loss_fn(network(x), y)
-        grads.append(list(torch.autograd.grad(loss, params)))
+        grads.append(list(torch.autograd.grad(loss, params, allow_unused=True)))
         losses.append(loss.detach().float())
     return torch.stack(losses), grads
 
@@ -80,7 +81,7 @@ def _concat(network, params, minibatches, loss_fn, autocast):
             loss = loss_fn(logits[start : start + len(y)], y)
         start += len(y)
         last = k == len(minibatches) - 1
-        grads.append(list(torch.autograd.grad(loss, params, retain_graph=not last)))
+        grads.append(list(torch.autograd.grad(loss, params, retain_graph=not last, allow_unused=True)))
         losses.append(loss.detach().float())
     return torch.stack(losses), grads
 
@@ -133,9 +134,13 @@ def domain_gradients(
     autocast = autocast or contextlib.nullcontext
     params = list(params)
     losses, grads = _METHODS[method](network, params, minibatches, loss_fn, autocast)
+    used = [any(g[j] is not None for g in grads) for j in range(len(params))]
+    grads = [
+        [torch.zeros_like(p) if g is None else g for p, g in zip(params, domain)] for domain in grads
+    ]
     weights = _weights(minibatches, losses.device)
     total = _weighted_sum(grads, weights.tolist())
-    return DomainGradients(losses=losses, weights=weights, grads=grads, total=total)
+    return DomainGradients(losses=losses, weights=weights, grads=grads, total=total, used=used)
 
 
 def mean_pairwise_cosine(grads: list[list[torch.Tensor]], eps: float = 1e-12) -> torch.Tensor:

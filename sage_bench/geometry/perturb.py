@@ -37,7 +37,7 @@ def spectral_perturbation(
     layer_scale: bool = True,
     polar: str = "quintic",
     ns_steps: int = 5,
-    polar_dtype: torch.dtype | None = torch.float32,
+    polar_dtype: torch.dtype | None = None,
 ) -> list[torch.Tensor]:
     """SAGE's ascent perturbation (paper Sec. 3.1 and Algorithm 1, Phase 3).
 

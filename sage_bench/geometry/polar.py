@@ -1,6 +1,7 @@
 """The orthogonal polar factor ``U V^T`` of a matrix ``G = U S V^T``, three ways.
 
-- ``"svd"``: exact, from ``torch.linalg.svd`` (the reference).
+- ``"svd"``: exact, from ``torch.linalg.svd`` (the reference); singular values below the
+  usual rank tolerance count as zero, so a rank-deficient matrix gets ``U_r V_r^T``.
 - ``"cubic"``: the Newton-Schulz iteration of the SAGE paper's Eq. 7,
   ``X_0 = G / ||G||_F``, ``X_{k+1} = X_k (3 I - X_k^T X_k) / 2``, which converges cubically to
   ``U V^T`` once the singular values of ``X_k`` are near 1 (slowly for tiny singular values).
@@ -9,7 +10,8 @@
   Its coefficients trade exactness for speed: after 5 steps the singular values lie roughly in
   [0.7, 1.2] rather than at 1, which is what Muon and Algorithm 1 use.
 
-All run in float32 by default (``dtype=``) and accept a batch of same-shaped matrices
+All run in at least float32 (bf16/fp16 gradients are upcast; float64 stays float64; ``dtype=``
+forces a precision) and accept a batch of same-shaped matrices
 ``(..., m, n)``. A zero matrix has no polar factor; here it maps to zero, never NaN.
 
 Both iterations keep every iterate of the form ``X_k = P_k(A_0) X_0`` with ``A_0 = X_0 X_0^T``
@@ -49,25 +51,29 @@ def polar_factor(
     g: torch.Tensor,
     method: str = "quintic",
     steps: int = 5,
-    dtype: torch.dtype | None = torch.float32,
+    dtype: torch.dtype | None = None,
     gram: bool | None = None,
 ) -> torch.Tensor:
     """``U V^T`` of every matrix in ``g`` (shape ``(..., m, n)``), in ``g``'s dtype.
 
     ``steps`` is the number of Newton-Schulz iterations (ignored by ``"svd"``); ``dtype`` is
-    the precision the iteration runs in (``None``: ``g``'s own); ``gram`` forces (``True``) or
+    the precision the computation runs in (``None``: ``g``'s own, at least float32); ``gram`` forces (``True``) or
     forbids (``False``) the Gram-matrix form of the iteration (``None``: whichever is cheaper).
     """
     if g.ndim < 2:
         raise ValueError(f"polar_factor needs matrices, got shape {tuple(g.shape)}")
     if method not in POLAR_METHODS:
         raise ValueError(f"unknown polar method {method!r}; valid choices: {', '.join(POLAR_METHODS)}")
-    x = g if dtype is None else g.to(dtype)
+    x = g.to(dtype if dtype is not None else torch.promote_types(g.dtype, torch.float32))
     norm = torch.linalg.matrix_norm(x, ord="fro", keepdim=True)
     if method == "svd":
-        u, _, vh = torch.linalg.svd(x, full_matrices=False)
-        q = torch.where(norm > 0, u @ vh, torch.zeros_like(x))
-        return q.to(g.dtype)
+        # U_r V_r^T over the numerically non-zero singular values: the partial isometry the
+        # Newton-Schulz iterations converge to (they keep zero singular values at zero), so a
+        # rank-deficient gradient -- a classifier's rows sum to zero -- has a unique factor
+        u, s, vh = torch.linalg.svd(x, full_matrices=False)
+        tolerance = s.amax(dim=-1, keepdim=True) * max(x.shape[-2:]) * torch.finfo(x.dtype).eps
+        keep = (s > tolerance).to(x.dtype)
+        return ((u * keep.unsqueeze(-2)) @ vh).to(g.dtype)
 
     transpose = x.shape[-2] > x.shape[-1]  # iterate on the short side: X X^T is the small Gram
     if transpose:
