@@ -318,15 +318,18 @@ def job_from_config(cfg: DictConfig) -> JobSpec:
 
 
 def compose_job_config(overrides: Sequence[str] = ()) -> DictConfig:
-    """The composed configuration, with the data set's default backbone filled in."""
-    cfg = compose_config(overrides)
+    """The composed configuration, with the data set's default backbone filled in (so
+    ``backbone.<option>=...`` works without naming the backbone)."""
+    backbone_options = re.compile(r"^\+{0,2}backbone\.")
+    without = [o for o in overrides if not backbone_options.match(o)]
+    cfg = compose_config(without)
     dataset = cfg.dataset.name
     if dataset not in DATASETS:
         raise ConfigError(f"unknown dataset {dataset!r}; valid choices: {', '.join(sorted(DATASETS))}")
     if cfg.backbone is None:
         default = get_dataset_class(dataset).DEFAULT_BACKBONE
-        cfg = compose_config([*overrides, f"backbone={default}"])
-    return cfg
+        return compose_config([*overrides, f"backbone={default}"])
+    return cfg if len(without) == len(overrides) else compose_config(overrides)
 
 
 def load_job(overrides: Sequence[str] = ()) -> JobSpec:
