@@ -288,7 +288,7 @@ def verify_file(path: Path, source: Source) -> str:
 def test_archive(path: Path) -> None:
     """Read every member of a zip or tar archive back through its checksum."""
     try:
-        if zipfile.is_zipfile(path):
+        if path.suffix == ".zip" or zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as archive:
                 bad = archive.testzip()
             if bad is not None:
@@ -302,7 +302,8 @@ def test_archive(path: Path) -> None:
                         while handle.read(CHUNK):
                             pass
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, zlib.error) as exc:
-        raise DownloadError(f"archive {path} is corrupt or incomplete ({type(exc).__name__}: {exc})") from exc
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        raise DownloadError(f"archive {path} is corrupt or incomplete ({type(exc).__name__}: {detail})") from exc
 
 
 def extract(path: Path, into: Path) -> None:
@@ -442,7 +443,8 @@ class Installer:
         os.replace(root, dest)
         digests = {source.filename: sha256sum(path) for source, path, _ in fetched}
         write_marker(dest, name, counts, digests, version)
-        shutil.rmtree(staging)
+        if staging.exists():  # what the arrangement left over
+            shutil.rmtree(staging)
         if not self.keep_archives:
             for _, path, downloaded in fetched:
                 if downloaded:
