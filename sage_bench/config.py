@@ -173,7 +173,8 @@ class JobSpec:
         values = {
             "dataset": {"name": self.dataset, **self.dataset_options},
             "algorithm": self.algorithm,
-            "backbone": {"name": self.backbone, **self.backbone_options},
+            # ``pretrained`` is where the file of the named ``weights`` lies, not what they are
+            "backbone": {"name": self.backbone, **{k: v for k, v in self.backbone_options.items() if k != "pretrained"}},
             "optimizer": {"name": self.optimizer, **self.optimizer_options},
             "test_envs": self.test_envs,
             "trial_seed": self.trial_seed,

@@ -79,3 +79,11 @@ def test_speed_settings():
         assert algorithm.autocast_dtype is None and not torch.backends.cuda.matmul.allow_tf32
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_weights_location_is_not_part_of_the_job_identity():
+    base = ["experiment=paper_domainbed", "dataset=PACS"]
+    a = load_job([*base, "backbone.pretrained=/a/open_clip_model.safetensors"])
+    b = load_job([*base, "backbone.pretrained=/b/open_clip_model.safetensors"])
+    assert a.job_id == b.job_id == load_job(base).job_id
+    assert load_job([*base, "backbone.head=linear"]).job_id != a.job_id
