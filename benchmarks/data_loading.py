@@ -24,7 +24,13 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from sage_bench.data.images import ImageFolderEnvironment
-from sage_bench.data.transforms import CLIP_MEAN, CLIP_STD, Preprocess, eval_transform, train_transform
+from sage_bench.data.transforms import (
+    CLIP_MEAN,
+    CLIP_STD,
+    Preprocess,
+    eval_transform,
+    train_transform,
+)
 
 
 def fabricate(root: Path, n: int, size: int, quality: int = 90) -> list[tuple[str, int]]:

@@ -21,7 +21,7 @@ def test_good_tree(pacs, capsys):
     report = check_dataset("PACS", pacs)
     assert report.usable and not report.warnings and report.total == 28
     assert [(e.label, e.folder, e.classes, e.images) for e in report.environments] == [
-        (label, env, 7, 7) for label, env in zip("ACPS", PACS_ENVS)
+        (label, env, 7, 7) for label, env in zip("ACPS", PACS_ENVS, strict=True)
     ]
     assert main(["data", "check", "PACS", "--data-dir", str(pacs)]) == 0
     out = capsys.readouterr().out

@@ -4,7 +4,6 @@ here in the shape of the real ones."""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import tarfile
 import threading

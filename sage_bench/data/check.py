@@ -17,7 +17,12 @@ from pathlib import Path
 from PIL import Image
 
 from sage_bench.data.domainbed import REAL_DATASETS
-from sage_bench.data.images import MultiEnvironmentImageFolder, decode_image, find_images, list_folders
+from sage_bench.data.images import (
+    MultiEnvironmentImageFolder,
+    decode_image,
+    find_images,
+    list_folders,
+)
 from sage_bench.errors import UserError
 
 

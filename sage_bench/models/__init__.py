@@ -19,7 +19,12 @@ from sage_bench.errors import ConfigError, UserError
 from sage_bench.models.clip import CLIPImageEncoder, ZeroShotHead, build_clip, clip_preprocess
 from sage_bench.models.digits_cnn import DigitsCNN
 from sage_bench.models.network import Classifier
-from sage_bench.models.resnet import build_resnet50, build_timm, imagenet_preprocess, timm_preprocess
+from sage_bench.models.resnet import (
+    build_resnet50,
+    build_timm,
+    imagenet_preprocess,
+    timm_preprocess,
+)
 from sage_bench.models.weights import WeightsNotFoundError
 
 
