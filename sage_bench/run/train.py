@@ -168,8 +168,8 @@ def _train(spec: JobSpec, job_dir: Path, log: logging.Logger) -> None:
     ).to(device)
     optimizer = build_optimizer(spec.optimizer, network.parameters(), hparams, **spec.optimizer_options)
     algorithm = build_algorithm(spec.algorithm, network, optimizer, hparams)
-    accelerate(algorithm, device, autocast=spec.autocast, tf32=spec.tf32, compile=spec.compile)
     algorithm.train()
+    accelerate(algorithm, device, autocast=spec.autocast, tf32=spec.tf32, compile=spec.compile)
 
     steps_per_epoch = min(len(s.in_split) / batch_size for s in splits)
     test_env = spec.test_envs[0]
