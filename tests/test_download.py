@@ -182,9 +182,19 @@ def test_corrupt_local_archive_is_not_deleted(tmp_path, pacs_archive, server):
 
 def test_wrong_counts_are_an_error(tmp_path, server, pacs_archive, monkeypatch):
     monkeypatch.setattr(PACS, "EXPECTED_IMAGES", {env: 99 for env in PACS_ENVS})
-    with pytest.raises(DownloadError, match="gave 56 images"):
+    with pytest.raises(DownloadError, match="gave 56 images.*--no-count-check"):
         Installer(tmp_path / "data", mirror=server.url, progress=False, log=lambda s: None).install("PACS")
     assert not (tmp_path / "data" / "PACS").exists()
+    # the same total spread differently over the environments is accepted (and recorded as such)
+    monkeypatch.setattr(PACS, "EXPECTED_IMAGES", {"art_painting": 20, "cartoon": 12, "photo": 12, "sketch": 12})
+    Installer(tmp_path / "data", mirror=server.url, progress=False, log=lambda s: None).install("PACS")
+    marker = json.loads((tmp_path / "data" / "PACS" / ".sage-bench.json").read_text())
+    assert marker["version"] == "published counts (total; per-environment counts differ)"
+    # a count matching nothing installs only when asked to
+    monkeypatch.setattr(PACS, "EXPECTED_IMAGES", {env: 99 for env in PACS_ENVS})
+    data = tmp_path / "data2"
+    assert main(["download", "PACS", "--data-dir", str(data), "--mirror", server.url, "--no-count-check", "--no-progress"]) == 0
+    assert sum(len(e) for e in PACS(data)) == 56
 
 
 def test_existing_complete_folder_is_adopted_and_incomplete_refused(tmp_path, monkeypatch):

@@ -40,6 +40,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--mirror", metavar="URL", help="fetch URL/<archive file name> instead of the original sources")
     parser.add_argument("--keep-archives", action="store_true", help="keep downloaded archives after installing")
     parser.add_argument("--force", action="store_true", help="reinstall, replacing an existing folder")
+    parser.add_argument(
+        "--no-count-check", action="store_true", help="install even if the image counts match no published version"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
@@ -60,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         mirror=args.mirror,
         keep_archives=args.keep_archives,
         force=args.force,
+        check_counts=not args.no_count_check,
         progress=not args.no_progress,
     ):
         print(path)

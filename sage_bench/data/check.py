@@ -115,7 +115,9 @@ def check_dataset(name: str, data_dir: str | os.PathLike, decode: bool = True, w
         counts = {e.folder: e.images for e in report.environments}
         expected_total = sum(cls.EXPECTED_IMAGES.values())
         if counts != cls.EXPECTED_IMAGES:
-            alternative = next((v for v, c in cls.ALTERNATIVE_IMAGES.items() if c == counts), None)
+            alternative = next(
+                (v for v, c in cls.ALTERNATIVE_IMAGES.items() if c == counts or sum(c.values()) == report.total), None
+            )
             if alternative is not None:
                 report.warnings.append(
                     f"{report.total} images: this is the {alternative} version of {name}, not the "
