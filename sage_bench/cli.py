@@ -10,6 +10,8 @@ from collections.abc import Sequence
 # subcommand modules, in the order ``--help`` lists them
 COMMANDS = [
     "sage_bench.commands.train",
+    "sage_bench.commands.download",
+    "sage_bench.commands.data",
 ]
 
 

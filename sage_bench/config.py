@@ -17,15 +17,17 @@ from hydra import compose, initialize_config_module
 from hydra.core.config_store import ConfigStore
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from sage_bench import hparams as hp
 from sage_bench.data import DATASETS, get_dataset_class
 from sage_bench.errors import ConfigError
-from sage_bench.models import BACKBONES
+from sage_bench.models import BACKBONES, check_backbone_options
 from sage_bench.records import job_hash
 from sage_bench.seeding import seed_hash
 
 CONFIG_MODULE = "sage_bench.configs"
+AUTOCAST_CHOICES = ("bf16", "none")
 
 
 @dataclass
@@ -49,6 +51,10 @@ class TrainSchema:
     num_workers: int | None = None
     eval_batch_size: int = MISSING
     progress: bool = MISSING
+    autocast: str = MISSING
+    tf32: bool = MISSING
+    compile: bool = MISSING
+    experiment: Any = None
     hparams: dict[str, Any] = field(default_factory=dict)
 
 
@@ -158,13 +164,17 @@ class JobSpec:
     num_workers: int
     eval_batch_size: int
     progress: bool
+    autocast: str = "bf16"  # mixed precision of forward passes on CUDA: bf16 or none
+    tf32: bool = True  # TF32 matrix products on CUDA
+    compile: bool = False  # torch.compile the network
 
     def identity(self) -> dict[str, Any]:
         """The arguments that define the job's results; their hash names its folder."""
         values = {
             "dataset": {"name": self.dataset, **self.dataset_options},
             "algorithm": self.algorithm,
-            "backbone": {"name": self.backbone, **self.backbone_options},
+            # ``pretrained`` is where the file of the named ``weights`` lies, not what they are
+            "backbone": {"name": self.backbone, **{k: v for k, v in self.backbone_options.items() if k != "pretrained"}},
             "optimizer": {"name": self.optimizer, **self.optimizer_options},
             "test_envs": self.test_envs,
             "trial_seed": self.trial_seed,
@@ -210,6 +220,9 @@ class JobSpec:
             "dataset_options": self.dataset_options,
             "backbone_options": self.backbone_options,
             "optimizer_options": self.optimizer_options,
+            "autocast": self.autocast,
+            "tf32": self.tf32,
+            "compile": self.compile,
         }
 
 
@@ -226,6 +239,8 @@ def job_from_config(cfg: DictConfig) -> JobSpec:
     backbone = cfg.backbone.name
     if backbone not in BACKBONES:
         raise ConfigError(f"unknown backbone {backbone!r}; valid choices: {', '.join(sorted(BACKBONES))}")
+    backbone_options = _group_options(cfg, "backbone")
+    check_backbone_options(backbone, backbone_options)
     algorithm = cfg.algorithm.name
 
     test_envs = list(cfg.test_envs)
@@ -257,7 +272,12 @@ def job_from_config(cfg: DictConfig) -> JobSpec:
     if cfg.eval_batch_size < 1:
         raise ConfigError(f"bad value for 'eval_batch_size': must be >= 1, got {cfg.eval_batch_size}")
 
-    overrides = OmegaConf.to_container(cfg.hparams, resolve=True)
+    if cfg.autocast not in AUTOCAST_CHOICES:
+        raise ConfigError(f"bad value for 'autocast': {cfg.autocast!r}; valid choices: {', '.join(AUTOCAST_CHOICES)}")
+    try:
+        overrides = OmegaConf.to_container(cfg.hparams, resolve=True)
+    except InterpolationResolutionError as exc:
+        raise ConfigError(f"cannot resolve the hyperparameters: {str(exc).splitlines()[0]}") from exc
     try:
         hparams = hp.resolve_hparams(
             algorithm, dataset, cfg.hparams_seed, cfg.trial_seed, overrides, backbone=backbone
@@ -273,7 +293,7 @@ def job_from_config(cfg: DictConfig) -> JobSpec:
         dataset=dataset,
         dataset_options=_group_options(cfg, "dataset"),
         backbone=backbone,
-        backbone_options=_group_options(cfg, "backbone"),
+        backbone_options=backbone_options,
         algorithm=algorithm,
         optimizer=cfg.optimizer.name,
         optimizer_options=_group_options(cfg, "optimizer"),
@@ -292,19 +312,25 @@ def job_from_config(cfg: DictConfig) -> JobSpec:
         num_workers=num_workers,
         eval_batch_size=cfg.eval_batch_size,
         progress=cfg.progress,
+        autocast=cfg.autocast,
+        tf32=cfg.tf32,
+        compile=cfg.compile,
     )
 
 
 def compose_job_config(overrides: Sequence[str] = ()) -> DictConfig:
-    """The composed configuration, with the data set's default backbone filled in."""
-    cfg = compose_config(overrides)
+    """The composed configuration, with the data set's default backbone filled in (so
+    ``backbone.<option>=...`` works without naming the backbone)."""
+    backbone_options = re.compile(r"^\+{0,2}backbone\.")
+    without = [o for o in overrides if not backbone_options.match(o)]
+    cfg = compose_config(without)
     dataset = cfg.dataset.name
     if dataset not in DATASETS:
         raise ConfigError(f"unknown dataset {dataset!r}; valid choices: {', '.join(sorted(DATASETS))}")
     if cfg.backbone is None:
         default = get_dataset_class(dataset).DEFAULT_BACKBONE
-        cfg = compose_config([*overrides, f"backbone={default}"])
-    return cfg
+        return compose_config([*overrides, f"backbone={default}"])
+    return cfg if len(without) == len(overrides) else compose_config(overrides)
 
 
 def load_job(overrides: Sequence[str] = ()) -> JobSpec:

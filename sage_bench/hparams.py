@@ -80,7 +80,11 @@ def _common_space(family: str, dataset: str | None) -> dict[str, HParam]:
 # --------------------------------------------------------------------------------------------
 # Per backbone.
 
-BACKBONE_SPACES: dict[str, Callable[[], dict[str, HParam]]] = {}
+BACKBONE_SPACES: dict[str, Callable[[], dict[str, HParam]]] = {
+    "resnet50": lambda: {
+        "resnet_dropout": HParam(0.0, _choice([0.0, 0.1, 0.5]), "dropout on the ResNet features (DomainBed)")
+    },
+}
 
 
 # --------------------------------------------------------------------------------------------

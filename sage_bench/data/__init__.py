@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from sage_bench.data.base import MultiDomainDataset
 from sage_bench.data.digits import ColoredDigits, RotatedDigits
+from sage_bench.data.domainbed import PACS, VLCS, DomainNet, OfficeHome, TerraIncognita
 from sage_bench.errors import UserError
 
 DATASETS: dict[str, type[MultiDomainDataset]] = {
     "RotatedDigits": RotatedDigits,
     "ColoredDigits": ColoredDigits,
+    "PACS": PACS,
+    "VLCS": VLCS,
+    "OfficeHome": OfficeHome,
+    "TerraIncognita": TerraIncognita,
+    "DomainNet": DomainNet,
 }
 
 
@@ -32,9 +38,14 @@ def num_environments(name: str) -> int:
 
 __all__ = [
     "DATASETS",
+    "PACS",
+    "VLCS",
     "ColoredDigits",
+    "DomainNet",
     "MultiDomainDataset",
+    "OfficeHome",
     "RotatedDigits",
+    "TerraIncognita",
     "get_dataset_class",
     "num_environments",
 ]

@@ -11,7 +11,9 @@ class MultiDomainDataset:
     """A data set made of environments; ``dataset[i]`` is environment ``i`` (a torch ``Dataset``).
 
     Subclasses set the class attributes (DomainBed's names) and fill ``self.datasets``,
-    ``self.input_shape``, ``self.num_classes`` and ``self.class_names`` in ``__init__``.
+    ``self.input_shape``, ``self.num_classes`` and ``self.class_names`` in ``__init__``, which
+    takes ``(root, test_envs, hparams, preprocess=None, **dataset_options)``: ``preprocess`` is
+    the backbone's image size and normalisation (``sage_bench.data.transforms.Preprocess``).
     """
 
     ENVIRONMENTS: ClassVar[list[str]] = []

@@ -57,7 +57,13 @@ class _DigitsDataset(MultiDomainDataset):
     DEFAULT_BACKBONE = "digits_cnn"
     ENV_PARAMETERS: list[float] = []
 
-    def __init__(self, root: str | None = None, test_envs: list[int] | None = None, hparams: dict | None = None):
+    def __init__(
+        self,
+        root: str | None = None,
+        test_envs: list[int] | None = None,
+        hparams: dict | None = None,
+        preprocess=None,  # a backbone's image preprocessing; unused: the tensors are made here
+    ):
         images, labels = load_digit_images()
         n_envs = len(self.ENV_PARAMETERS)
         self.datasets = [
@@ -77,7 +83,7 @@ class RotatedDigits(_DigitsDataset):
     ENVIRONMENTS = ["0", "15", "30", "45", "60", "75"]
     ENV_PARAMETERS = [0.0, 15.0, 30.0, 45.0, 60.0, 75.0]
 
-    def __init__(self, root=None, test_envs=None, hparams=None):
+    def __init__(self, root=None, test_envs=None, hparams=None, preprocess=None):
         super().__init__(root, test_envs, hparams)
         self.input_shape = (1, IMAGE_SIZE, IMAGE_SIZE)
         self.num_classes = 10
@@ -94,7 +100,7 @@ class ColoredDigits(_DigitsDataset):
     ENVIRONMENTS = ["+90%", "+80%", "-90%"]
     ENV_PARAMETERS = [0.1, 0.2, 0.9]  # probability that the colour disagrees with the label
 
-    def __init__(self, root=None, test_envs=None, hparams=None):
+    def __init__(self, root=None, test_envs=None, hparams=None, preprocess=None):
         super().__init__(root, test_envs, hparams)
         self.input_shape = (2, IMAGE_SIZE, IMAGE_SIZE)
         self.num_classes = 2

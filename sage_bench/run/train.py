@@ -25,7 +25,7 @@ from sage_bench.config import JobSpec
 from sage_bench.data import get_dataset_class
 from sage_bench.data.loaders import eval_loader, infinite_loader
 from sage_bench.data.splits import split_environments
-from sage_bench.models import build_network
+from sage_bench.models import backbone_preprocess, build_network
 from sage_bench.optim import build_optimizer
 from sage_bench.records import (
     ERROR_FILE,
@@ -35,6 +35,7 @@ from sage_bench.records import (
     is_done,
     mark_done,
 )
+from sage_bench.run.accelerate import accelerate
 from sage_bench.run.evaluate import accuracy
 from sage_bench.seeding import seed_everything, seed_hash
 
@@ -132,8 +133,9 @@ def _train(spec: JobSpec, job_dir: Path, log: logging.Logger) -> None:
     device = torch.device(spec.device)
     hparams = spec.hparams
 
+    preprocess = backbone_preprocess(spec.backbone, spec.backbone_options)  # input size, normalisation
     dataset = get_dataset_class(spec.dataset)(
-        str(spec.data_dir), spec.test_envs, hparams, **spec.dataset_options
+        str(spec.data_dir), spec.test_envs, hparams, preprocess=preprocess, **spec.dataset_options
     )
     splits = split_environments(dataset, spec.holdout_fraction, spec.trial_seed)
     train_envs = [i for i in range(len(dataset)) if i not in spec.test_envs]
@@ -157,11 +159,17 @@ def _train(spec: JobSpec, job_dir: Path, log: logging.Logger) -> None:
     ]
 
     network = build_network(
-        spec.backbone, dataset.input_shape, dataset.num_classes, hparams, **spec.backbone_options
+        spec.backbone,
+        dataset.input_shape,
+        dataset.num_classes,
+        hparams,
+        class_names=dataset.class_names,
+        **spec.backbone_options,
     ).to(device)
     optimizer = build_optimizer(spec.optimizer, network.parameters(), hparams, **spec.optimizer_options)
     algorithm = build_algorithm(spec.algorithm, network, optimizer, hparams, family=dataset.HPARAM_FAMILY)
     algorithm.train()
+    accelerate(algorithm, device, autocast=spec.autocast, tf32=spec.tf32, compile=spec.compile)
 
     steps_per_epoch = min(len(s.in_split) / batch_size for s in splits)
     test_env = spec.test_envs[0]
