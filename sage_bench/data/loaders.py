@@ -70,12 +70,17 @@ def infinite_loader(
 def eval_loader(
     dataset: Dataset, batch_size: int, num_workers: int = 0, pin_memory: bool = False
 ) -> DataLoader:
-    """A loader over every example of ``dataset`` once, in order."""
+    """A loader over every example of ``dataset`` once, in order.
+
+    Its workers start at each evaluation and stop after it: a job evaluates two splits per
+    environment, and persistent workers for all of them (12 loaders on DomainNet) would sit
+    idle between checkpoints holding memory.
+    """
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
         pin_memory=pin_memory,
-        persistent_workers=num_workers > 0,
+        persistent_workers=False,
     )
