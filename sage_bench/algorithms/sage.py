@@ -32,7 +32,13 @@ import torch
 
 from sage_bench.algorithms.base import Minibatches, concat
 from sage_bench.algorithms.sharpness import TwoPassAlgorithm
-from sage_bench.geometry import domain_gradients, mean_pairwise_cosine, spectral_perturbation
+from sage_bench.geometry import (
+    add_gaussian_noise_,
+    domain_gradients,
+    mean_pairwise_cosine,
+    noise_scale,
+    spectral_perturbation,
+)
 
 
 class SAGE(TwoPassAlgorithm):
@@ -77,7 +83,7 @@ class SAGE(TwoPassAlgorithm):
             self.network, params, minibatches, method=h["domain_grads"], autocast=self.autocast
         )
         agreement = mean_pairwise_cosine(grads.grads)
-        beta = h["gamma"] * (1.0 - agreement.item()) if h["noise"] else 0.0
+        beta = noise_scale(agreement.item(), h["gamma"]) if h["noise"] else 0.0
         del grads.grads  # only the total is needed from here on
         params, total = self.used(params, [g if u else None for g, u in zip(grads.total, grads.used)])
 
@@ -93,9 +99,7 @@ class SAGE(TwoPassAlgorithm):
         x, y = concat(minibatches)
         loss_adv, grads_adv = self.perturbed_grad(x, y, params, e)
         if beta != 0.0:
-            generator = self.noise_generator(grads_adv[0].device)
-            for g in grads_adv:
-                g.add_(torch.randn(g.shape, generator=generator, device=g.device, dtype=g.dtype), alpha=beta)
+            add_gaussian_noise_(grads_adv, beta, self.noise_generator(grads_adv[0].device))
         self.descend(params, grads_adv)
         return {
             "loss": grads.loss.item(),

@@ -1,5 +1,5 @@
 """Torch-only geometry shared by the algorithms and the analyses: polar factors, per-domain
-gradients and their agreement, and perturbations."""
+gradients and their agreement, perturbations, and agreement-scaled noise."""
 
 from sage_bench.geometry.domain_grads import (
     DOMAIN_GRAD_METHODS,
@@ -7,6 +7,7 @@ from sage_bench.geometry.domain_grads import (
     domain_gradients,
     mean_pairwise_cosine,
 )
+from sage_bench.geometry.noise import add_gaussian_noise_, noise_scale
 from sage_bench.geometry.perturb import (
     global_norm,
     perturbed,
@@ -19,9 +20,11 @@ __all__ = [
     "DOMAIN_GRAD_METHODS",
     "POLAR_METHODS",
     "DomainGradients",
+    "add_gaussian_noise_",
     "domain_gradients",
     "global_norm",
     "mean_pairwise_cosine",
+    "noise_scale",
     "orthogonality_error",
     "perturbed",
     "polar_factor",
