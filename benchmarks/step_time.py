@@ -5,8 +5,10 @@
 
 SAGE is timed with each way of computing per-domain gradients (``domain_grads``: ``chunks``,
 one pass per domain's own examples; ``concat``, one pass over the whole batch then K
-backward passes; ``vmap``). The algorithms are timed round-robin in one process, so a busy
-machine slows them alike; each figure is the median over ``--repeats`` rounds.
+backward passes; ``vmap``). The algorithms are timed round-robin in one process: each round
+times every variant once, back to back, and a ratio is taken within the round, so a machine
+whose load drifts slows both sides of a ratio alike. Printed: the median step time over
+``--repeats`` rounds and the median of the per-round ratios.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ VARIANTS = {
 }
 
 
-def measure(k: int, args) -> dict[str, float]:
+def measure(k: int, args) -> dict[str, list[float]]:
     device = torch.device(args.device)
     g = torch.Generator().manual_seed(0)
     batches = [
@@ -74,7 +76,12 @@ def measure(k: int, args) -> dict[str, float]:
     for _ in range(args.repeats):
         for label, algo in algorithms.items():
             times[label].append(step(algo))
-    return {label: statistics.median(t) for label, t in times.items()}
+    return times
+
+
+def median_ratio(a: list[float], b: list[float]) -> float:
+    """Median over rounds of ``a[i] / b[i]``."""
+    return statistics.median(x / y for x, y in zip(a, b))
 
 
 def main() -> None:
@@ -97,7 +104,10 @@ def main() -> None:
         print(f"\nK = {k} domains ({k * args.batch} examples per step)")
         print(f"  {'variant':<26} {'s/step':>8} {'/ERM':>6} {'/SAM':>6}")
         for label, seconds in t.items():
-            print(f"  {label:<26} {seconds:8.3f} {seconds / t['ERM']:6.2f} {seconds / t['SAM']:6.2f}")
+            print(
+                f"  {label:<26} {statistics.median(seconds):8.3f} "
+                f"{median_ratio(seconds, t['ERM']):6.2f} {median_ratio(seconds, t['SAM']):6.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,23 @@
+"""Tables from output folders (sage-bench's or DomainBed's): model selection as DomainBed
+defines it, Table 1 beside the paper's, and figures. Reads folders only through
+``sage_bench.records``; never imports the runner."""
+
+from sage_bench.collect.loading import Collection, Run, find_runs
+from sage_bench.collect.report import FORMATS, render, tidy
+from sage_bench.collect.selection import SELECTION_METHODS, select, sweep_accs
+from sage_bench.collect.tables import paper_table1, results_frame, table1_frame
+
+__all__ = [
+    "FORMATS",
+    "SELECTION_METHODS",
+    "Collection",
+    "Run",
+    "find_runs",
+    "paper_table1",
+    "render",
+    "results_frame",
+    "select",
+    "sweep_accs",
+    "table1_frame",
+    "tidy",
+]

@@ -1,0 +1,176 @@
+"""Model selection exactly as DomainBed's ``model_selection.py`` and ``collect_results.py``.
+
+Records are grouped by ``(trial_seed, dataset, algorithm, test_env)``; a record of a run with
+several test environments belongs to the group of each of them. Within a group, the records of
+one hyperparameter configuration form a "run"; each method turns a run into a
+``(val_acc, test_acc)`` pair, and the group's accuracy is the ``test_acc`` of the run with the
+best ``val_acc``.
+
+- ``training-domain`` (DomainBed's ``IIDAccuracySelectionMethod``): over the checkpoints of
+  the run's single-test-environment records, validation = the mean of the training
+  environments' out-split accuracies, test = the test environment's in-split accuracy.
+- ``leave-one-out`` (``LeaveOneOutSelectionMethod``): per step, validation = the mean over the
+  other environments ``v`` of the in-split accuracy on ``v`` of the run whose test environments
+  are ``{test_env, v}``; a step counts only when every such run has a record at that step and
+  exactly one single-test-environment record exists there.
+- ``oracle`` (``OracleSelectionMethod``): the LAST checkpoint of the run (no early stopping);
+  validation = the test environment's out-split accuracy, test = its in-split accuracy.
+
+DomainBed's behaviour kept on purpose, surprising or not:
+
+- Ties between checkpoints go to the earliest record (Python's ``max`` keeps the first);
+  ties between configurations go to the one with the largest ``hparams_seed`` (DomainBed sorts
+  ascending by validation accuracy, stable, then reverses the list).
+- Incomplete runs take part like finished ones (``--completed-only`` leaves them out).
+
+One extension: DomainBed identifies a configuration by ``hparams_seed`` alone. Here it is
+``hparams_seed`` together with the job's hyperparameter overrides (``args.hparams``), so a grid
+over e.g. ``hparams.rho`` at the same ``hparams_seed`` is several configurations. For records
+without overrides (all of DomainBed's default sweeps) the two are the same.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+SELECTION_METHODS = ("training-domain", "leave-one-out", "oracle")
+SELECTION_NAMES = {
+    "training-domain": "training-domain validation set",
+    "leave-one-out": "leave-one-domain-out cross-validation",
+    "oracle": "test-domain validation set (oracle)",
+}
+
+
+@dataclass(frozen=True)
+class GroupKey:
+    trial_seed: int
+    dataset: str
+    algorithm: str
+    test_env: int
+
+
+def env_count(record: dict) -> int:
+    """Number of environments of a record: ``env0_out_acc``, ``env1_out_acc``, ... present."""
+    n = 0
+    while f"env{n}_out_acc" in record:
+        n += 1
+    return n
+
+
+def configuration(record: dict) -> tuple[int, str]:
+    """What identifies a hyperparameter configuration within a group (see the module docstring)."""
+    overrides = record["args"].get("hparams")
+    if isinstance(overrides, str):  # DomainBed stores overrides as a JSON string
+        try:
+            overrides = json.loads(overrides)
+        except ValueError:
+            pass
+    return record["args"]["hparams_seed"], json.dumps(overrides, sort_keys=True)
+
+
+def group_records(records: list[dict]) -> dict[GroupKey, list[dict]]:
+    """Records by ``(trial_seed, dataset, algorithm, test_env)``, in input order."""
+    groups: dict[GroupKey, list[dict]] = defaultdict(list)
+    for r in records:
+        args = r["args"]
+        for test_env in args["test_envs"]:
+            groups[GroupKey(args["trial_seed"], args["dataset"], args["algorithm"], test_env)].append(r)
+    return dict(groups)
+
+
+def _single_test_env(records: list[dict]) -> list[dict]:
+    return [r for r in records if len(r["args"]["test_envs"]) == 1]
+
+
+def _argmax(items: list[dict]) -> dict:
+    return max(items, key=lambda item: item["val_acc"])  # first maximum wins, as DomainBed
+
+
+def training_domain_run_acc(run: list[dict]) -> dict[str, float] | None:
+    records = _single_test_env(run)
+    if not records:
+        return None
+    steps = []
+    for r in records:
+        test_env = r["args"]["test_envs"][0]
+        val_keys = [f"env{i}_out_acc" for i in range(env_count(r)) if i != test_env]
+        steps.append(
+            {"val_acc": float(np.mean([r[k] for k in val_keys])), "test_acc": r[f"env{test_env}_in_acc"]}
+        )
+    return _argmax(steps)
+
+
+def oracle_run_acc(run: list[dict]) -> dict[str, float] | None:
+    records = _single_test_env(run)
+    if not records:
+        return None
+    test_env = records[0]["args"]["test_envs"][0]
+    last = sorted(records, key=lambda r: r["step"])[-1]
+    return {"val_acc": last[f"env{test_env}_out_acc"], "test_acc": last[f"env{test_env}_in_acc"]}
+
+
+def _leave_one_out_step(records: list[dict], test_env: int) -> dict[str, float] | None:
+    tests = _single_test_env(records)
+    if len(tests) != 1:
+        return None
+    n_envs = env_count(records[0])
+    val_accs = np.zeros(n_envs) - 1
+    for r in records:
+        if len(r["args"]["test_envs"]) == 2:
+            val_env = (set(r["args"]["test_envs"]) - {test_env}).pop()
+            val_accs[val_env] = r[f"env{val_env}_in_acc"]
+    others = list(val_accs[:test_env]) + list(val_accs[test_env + 1 :])
+    if any(v == -1 for v in others):
+        return None
+    return {"val_acc": float(np.sum(others) / (n_envs - 1)), "test_acc": tests[0][f"env{test_env}_in_acc"]}
+
+
+def leave_one_out_run_acc(run: list[dict], test_env: int) -> dict[str, float] | None:
+    by_step: dict[Any, list[dict]] = defaultdict(list)
+    for r in run:
+        by_step[r["step"]].append(r)
+    steps = [_leave_one_out_step(by_step[s], test_env) for s in sorted(by_step)]
+    steps = [s for s in steps if s is not None]
+    return _argmax(steps) if steps else None
+
+
+def run_acc(method: str, run: list[dict], test_env: int) -> dict[str, float] | None:
+    """``(val_acc, test_acc)`` of one configuration's records in one group, or ``None``."""
+    if method == "training-domain":
+        return training_domain_run_acc(run)
+    if method == "leave-one-out":
+        return leave_one_out_run_acc(run, test_env)
+    if method == "oracle":
+        return oracle_run_acc(run)
+    raise ValueError(f"unknown selection method {method!r}; valid choices: {', '.join(SELECTION_METHODS)}")
+
+
+def select(method: str, group: list[dict], test_env: int) -> dict[str, Any] | None:
+    """The chosen configuration of a group: its ``val_acc``, ``test_acc`` and records."""
+    runs: dict[tuple, list[dict]] = defaultdict(list)
+    for r in group:
+        runs[configuration(r)].append(r)
+    scored = []
+    for key in sorted(runs):
+        acc = run_acc(method, runs[key], test_env)
+        if acc is not None:
+            scored.append({**acc, "records": runs[key]})
+    if not scored:
+        return None
+    # DomainBed: sorted ascending by val_acc (stable), then reversed -> ties: the last key wins
+    return sorted(scored, key=lambda s: s["val_acc"])[::-1][0]
+
+
+def sweep_accs(method: str, records: list[dict]) -> dict[GroupKey, float]:
+    """The selected test accuracy of every group that has one."""
+    out = {}
+    for key, group in group_records(records).items():
+        chosen = select(method, group, key.test_env)
+        if chosen is not None:
+            out[key] = chosen["test_acc"]
+    return out

@@ -1,0 +1,64 @@
+"""``sage-bench collect``: result tables (and figures) from output folders."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "collect",
+        help="tables from output folders (sage-bench's or DomainBed's), as DomainBed selects models",
+        description="Read every results.jsonl under the folders (recursively) and print DomainBed's tables.",
+    )
+    parser.add_argument("folders", nargs="+", help="sweep or job folders")
+    parser.add_argument(
+        "--selection",
+        default="training-domain",
+        choices=["training-domain", "leave-one-out", "oracle", "all"],
+        help="model selection method (default: training-domain validation)",
+    )
+    parser.add_argument("--format", default="text", choices=["text", "markdown", "latex", "csv", "json"])
+    parser.add_argument("--completed-only", action="store_true", help="leave out runs without a done marker")
+    parser.add_argument("--compare-paper", action="store_true", help="add the SAGE paper's Table 1 and the differences")
+    parser.add_argument("--plots", metavar="DIR", help="also write PNG figures into DIR")
+    parser.add_argument("--output", metavar="FILE", help="write the tables to FILE instead of standard output")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sage_bench.collect import find_runs, render
+    from sage_bench.errors import UserError
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            collection = find_runs(*args.folders)
+        except FileNotFoundError as exc:
+            raise UserError(str(exc)) from exc
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    print(
+        f"{len(collection.runs)} runs: {collection.n_done} done, {collection.n_incomplete} incomplete"
+        + (" (left out: --completed-only)" if args.completed_only and collection.n_incomplete else ""),
+        file=sys.stderr,
+    )
+    if args.completed_only:
+        collection = collection.completed()
+    records = collection.records
+    if not records:
+        raise UserError(f"no records found under {', '.join(args.folders)}")
+    text = render(records, args.selection, args.format, args.compare_paper)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+    if args.plots:
+        from sage_bench.collect.plots import write_figures
+
+        for path in write_figures(records, args.plots, args.selection if args.selection != "all" else "training-domain"):
+            print(f"wrote {path}", file=sys.stderr)
+    return 0
