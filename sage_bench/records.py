@@ -71,6 +71,12 @@ def iter_records(path: str | os.PathLike, bad_lines: list[BadLine] | None = None
     A job killed while writing leaves a truncated last line; that line, and any other that is
     not a JSON object, is reported (file and line number) and skipped, never fatal.
     """
+    for _, record in iter_numbered_records(path, bad_lines):
+        yield record
+
+
+def iter_numbered_records(path: str | os.PathLike, bad_lines: list[BadLine] | None = None) -> Iterator[tuple[int, dict]]:
+    """``(line number, record)`` for each readable line of a ``results.jsonl``, as ``iter_records``."""
     path = Path(path)
     with open(path, encoding="utf-8", errors="replace") as f:
         for number, line in enumerate(f, start=1):
@@ -86,7 +92,7 @@ def iter_records(path: str | os.PathLike, bad_lines: list[BadLine] | None = None
                 if bad_lines is not None:
                     bad_lines.append(BadLine(path, number, reason))
                 continue
-            yield record
+            yield number, record
 
 
 def read_records(job_dir: str | os.PathLike) -> list[dict]:

@@ -11,7 +11,11 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "collect",
         help="tables from output folders (sage-bench's or DomainBed's), as DomainBed selects models",
-        description="Read every results.jsonl under the folders (recursively) and print DomainBed's tables.",
+        description=(
+            "Read every results.jsonl under the folders (recursively), select models as DomainBed does "
+            "and print its tables: one per data set and the averages across data sets (Table 1's layout). "
+            "Warnings and the count of finished and unfinished runs go to standard error."
+        ),
     )
     parser.add_argument("folders", nargs="+", help="sweep or job folders")
     parser.add_argument(
@@ -20,16 +24,26 @@ def add_parser(subparsers) -> None:
         choices=["training-domain", "leave-one-out", "oracle", "all"],
         help="model selection method (default: training-domain validation)",
     )
-    parser.add_argument("--format", default="text", choices=["text", "markdown", "latex", "csv", "json"])
+    parser.add_argument(
+        "--format",
+        default="text",
+        choices=["text", "markdown", "latex", "csv", "json"],
+        help="text/markdown/latex tables, or tidy rows selection,dataset,algorithm,env,mean,sem,trials (csv, json)",
+    )
     parser.add_argument("--completed-only", action="store_true", help="leave out runs without a done marker")
     parser.add_argument("--compare-paper", action="store_true", help="add the SAGE paper's Table 1 and the differences")
-    parser.add_argument("--plots", metavar="DIR", help="also write PNG figures into DIR")
+    parser.add_argument(
+        "--plots",
+        metavar="DIR",
+        help="also write PNG figures into DIR (under the chosen selection; training-domain with --selection all)",
+    )
     parser.add_argument("--output", metavar="FILE", help="write the tables to FILE instead of standard output")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from sage_bench.collect import find_runs, render
+    from sage_bench.collect.loading import mixed_settings
     from sage_bench.errors import UserError
 
     with warnings.catch_warnings(record=True) as caught:
@@ -40,20 +54,28 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(str(exc)) from exc
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
-    print(
-        f"{len(collection.runs)} runs: {collection.n_done} done, {collection.n_incomplete} incomplete"
-        + (" (left out: --completed-only)" if args.completed_only and collection.n_incomplete else ""),
-        file=sys.stderr,
-    )
+    print(collection.summary(), file=sys.stderr)
+    found_any = bool(collection.runs)
     if args.completed_only:
         collection = collection.completed()
+        print(f"--completed-only: tabulating the {len(collection.runs)} finished runs", file=sys.stderr)
     records = collection.records
     if not records:
-        raise UserError(f"no records found under {', '.join(args.folders)}")
+        where = ", ".join(args.folders)
+        if not found_any:
+            raise UserError(f"no results.jsonl under {where}; point collect at sweep or job folders")
+        if args.completed_only:
+            raise UserError(f"no finished run with records under {where}; drop --completed-only to include unfinished runs")
+        raise UserError(f"no usable records under {where}: the results files are empty or unreadable (see the warnings)")
+    for message in mixed_settings(records):
+        print(f"warning: {message}", file=sys.stderr)
     text = render(records, args.selection, args.format, args.compare_paper)
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            f.write(text)
+        try:
+            with open(args.output, "w", encoding="utf-8") as f:
+                f.write(text)
+        except OSError as exc:
+            raise UserError(f"cannot write --output {args.output}: {exc.strerror}") from exc
     else:
         sys.stdout.write(text)
     if args.plots:
