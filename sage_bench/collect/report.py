@@ -11,6 +11,7 @@ from sage_bench.collect.selection import SELECTION_METHODS
 from sage_bench.collect.tables import (
     AVERAGES,
     COLUMNS,
+    TABLE1_DATASETS,
     environment_names,
     header,
     paper_table1,
@@ -46,7 +47,7 @@ def tidy(records: list[dict], methods: list[str], compare_paper: bool = False) -
 
 def _table_text(table: pd.DataFrame, fmt: str, title: str) -> str:
     if fmt == "markdown":
-        return f"### {title}\n\n{table.to_markdown()}\n"
+        return f"### {title}\n\n{table.to_markdown(disable_numparse=True)}\n"
     if fmt == "latex":
         body = table.to_latex(escape=False, column_format="l" + "c" * len(table.columns))
         return f"% {title}\n{body}"
@@ -54,12 +55,23 @@ def _table_text(table: pd.DataFrame, fmt: str, title: str) -> str:
 
 
 def _format_table1(table: pd.DataFrame) -> pd.DataFrame:
-    def fmt(value, column):
-        if isinstance(value, float) and math.isnan(value):
-            return "X"
-        return f"{value:+.1f}" if column.endswith("(diff)") else f"{value:.1f}"
+    """Table 1 for printing: per algorithm a row of ours, one of the paper's, one of the
+    differences (``ERM``, ``ERM (paper)``, ``ERM (diff)``); data sets and Avg as columns."""
+    columns = [*TABLE1_DATASETS, "Avg"]
 
-    return pd.DataFrame({c: [fmt(v, c) for v in table[c]] for c in table.columns}, index=table.index)
+    def fmt(value: float, signed: bool = False) -> str:
+        if math.isnan(value):
+            return "X"
+        return f"{value:+.1f}" if signed else f"{value:.1f}"
+
+    rows = {}
+    for algorithm, row in table.iterrows():
+        rows[algorithm] = [fmt(row[c]) for c in columns]
+        rows[f"{algorithm} (paper)"] = [fmt(row[f"{c} (paper)"]) for c in columns]
+        rows[f"{algorithm} (diff)"] = [fmt(row[f"{c} (diff)"], signed=True) for c in columns]
+    printed = pd.DataFrame.from_dict(rows, orient="index", columns=columns)
+    printed.index.name = "Algorithm"
+    return printed
 
 
 def render(records: list[dict], selection: str = "training-domain", fmt: str = "text", compare_paper: bool = False) -> str:

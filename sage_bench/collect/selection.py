@@ -18,15 +18,29 @@ best ``val_acc``.
 
 DomainBed's behaviour kept on purpose, surprising or not:
 
-- Ties between checkpoints go to the earliest record (Python's ``max`` keeps the first);
-  ties between configurations go to the one with the largest ``hparams_seed`` (DomainBed sorts
-  ascending by validation accuracy, stable, then reverses the list).
+- Ties between checkpoints go to the earliest (the first record in file order for
+  training-domain validation, the smallest step for leave-one-out: Python's ``max`` keeps the
+  first maximum); ties between configurations go to the largest ``hparams_seed`` (DomainBed
+  groups by sorted key, sorts the configurations ascending by validation accuracy, stably, and
+  takes the last). Neither depends on the order in which folders are listed.
+- Records with several test environments never count as checkpoints of their own: they only
+  serve as leave-one-out validation. A record of a run with test environments ``{0, 1}``
+  belongs to the groups of environment 0 and of environment 1.
+- The oracle takes the last checkpoint of each configuration's single-test-environment
+  records, whether or not the run finished; only the choice among configurations looks at the
+  test environment (its out-split).
 - Incomplete runs take part like finished ones (``--completed-only`` leaves them out).
 
-One extension: DomainBed identifies a configuration by ``hparams_seed`` alone. Here it is
-``hparams_seed`` together with the job's hyperparameter overrides (``args.hparams``), so a grid
-over e.g. ``hparams.rho`` at the same ``hparams_seed`` is several configurations. For records
-without overrides (all of DomainBed's default sweeps) the two are the same.
+Two extensions, which change nothing for DomainBed's own sweeps:
+
+- DomainBed identifies a configuration by ``hparams_seed`` alone. Here it is ``hparams_seed``
+  together with the job's hyperparameter overrides (``args.hparams``), so a grid over e.g.
+  ``hparams.rho`` at the same ``hparams_seed`` is several configurations. For records without
+  overrides the two are the same.
+- A SAGE run with a component switched off (``hparams.orthogonalize``, ``layer_scale`` or
+  ``noise`` false) is a different method, not a configuration of SAGE: it is tabulated as its
+  own algorithm, e.g. ``SAGE w/o noise`` (see ``algorithm_name``), so an ablation never takes
+  SAGE's place in a table.
 """
 
 from __future__ import annotations
@@ -44,6 +58,21 @@ SELECTION_NAMES = {
     "leave-one-out": "leave-one-domain-out cross-validation",
     "oracle": "test-domain validation set (oracle)",
 }
+
+
+# components of an algorithm that its records can switch off (``hparams.<switch> = false``)
+VARIANT_SWITCHES = {"SAGE": ("orthogonalize", "layer_scale", "noise")}
+
+
+def algorithm_name(record: dict) -> str:
+    """The algorithm a record is tabulated under: ``args.algorithm``, with ``w/o <switch>, ...``
+    appended when the record's ``hparams`` switch components of it off (see the module docstring)."""
+    algorithm = record["args"]["algorithm"]
+    hparams = record.get("hparams")
+    if not isinstance(hparams, dict):
+        return algorithm
+    off = [s for s in VARIANT_SWITCHES.get(algorithm, ()) if hparams.get(s) is False]
+    return f"{algorithm} w/o {', '.join(off)}" if off else algorithm
 
 
 @dataclass(frozen=True)
@@ -74,12 +103,13 @@ def configuration(record: dict) -> tuple[int, str]:
 
 
 def group_records(records: list[dict]) -> dict[GroupKey, list[dict]]:
-    """Records by ``(trial_seed, dataset, algorithm, test_env)``, in input order."""
+    """Records by ``(trial_seed, dataset, algorithm, test_env)``, in input order; the algorithm
+    is ``algorithm_name(record)``."""
     groups: dict[GroupKey, list[dict]] = defaultdict(list)
     for r in records:
         args = r["args"]
         for test_env in args["test_envs"]:
-            groups[GroupKey(args["trial_seed"], args["dataset"], args["algorithm"], test_env)].append(r)
+            groups[GroupKey(args["trial_seed"], args["dataset"], algorithm_name(r), test_env)].append(r)
     return dict(groups)
 
 

@@ -4,16 +4,24 @@ Every table comes from one tidy frame with the columns ``selection, dataset, alg
 mean, sem, trials`` (accuracies in percent):
 
 - per data set, one row per (algorithm, test environment): the mean over trials of the
-  selected test accuracy and its standard error ``std / sqrt(n)`` (NumPy's population ``std``,
-  as DomainBed's ``format_mean``), and one row with ``env = "Avg"``: the mean of the
-  environments' means, only when every environment has a value (no standard error, as DomainBed
-  prints none);
-- the across-data-set table, ``dataset = "Averages"``: per trial, the mean over the test
-  environments that trial has (DomainBed averages whatever environments exist, even if some are
-  missing), then mean and standard error over trials, ``env`` = the data set's name; and
-  ``env = "Avg"``: the mean of the data sets' means when every data set has one.
+  selected test accuracy and its standard error, computed as DomainBed's ``format_mean``
+  computes it, ``np.std(accs / sqrt(n))``: NumPy's population standard deviation (``ddof=0``,
+  not the sample one) divided by ``sqrt(n)``, so a single trial has a standard error of 0;
+  ``trials`` = how many trials the cell has;
+- per data set, one row with ``env = "Avg"``: the mean of the environments' (unrounded)
+  means, not a mean over trials, and only when every environment has a value; no standard
+  error (DomainBed prints none); ``trials`` = the fewest trials of any environment;
+- the across-data-set table, ``dataset = "Averages"``, ``env`` = the data set's name: per
+  trial, the mean over the test environments that trial has (DomainBed averages whatever
+  environments exist, so a data set with missing test environments still gets a number here
+  while its own ``Avg`` is X), then mean and standard error over trials (``trials`` = how many);
+  and ``env = "Avg"``: the mean of the data sets' means when every data set has one.
 
-A missing value is NaN in the frame and ``X`` in printed tables.
+Rows and columns: data sets in Table 1's order (PACS, VLCS, OfficeHome, TerraIncognita,
+DomainNet), then the other known ones, then unknown ones by name (DomainBed keeps only the data
+sets it knows); algorithms in Table 1's order, then by name (see ``algorithm_order``). A known
+data set's environments are labelled as in ``sage_bench.data``; an unknown one's by index, as
+many as its records have. A missing value is NaN in the frame and ``X`` in printed tables.
 """
 
 from __future__ import annotations
@@ -26,7 +34,13 @@ from importlib import resources
 import numpy as np
 import pandas as pd
 
-from sage_bench.collect.selection import SELECTION_NAMES, GroupKey, env_count, sweep_accs
+from sage_bench.collect.selection import (
+    SELECTION_NAMES,
+    GroupKey,
+    algorithm_name,
+    env_count,
+    sweep_accs,
+)
 
 COLUMNS = ["selection", "dataset", "algorithm", "env", "mean", "sem", "trials"]
 TABLE1_DATASETS = ["PACS", "VLCS", "OfficeHome", "TerraIncognita", "DomainNet"]
@@ -56,6 +70,18 @@ def _ordered(names: Iterable[str], preferred: list[str]) -> list[str]:
     return [n for n in dict.fromkeys(preferred) if n in names] + sorted(n for n in names if n not in preferred)
 
 
+def algorithm_order(names: Iterable[str]) -> list[str]:
+    """The paper's order (ERM, SAM, GSAM, SAGM, DISAM, SAGE), then other algorithms by name; an
+    ablated variant (``SAGE w/o noise``) right after its algorithm."""
+
+    def key(name: str) -> tuple:
+        base, _, variant = name.partition(" w/o ")
+        rank = ALGORITHM_ORDER.index(base) if base in ALGORITHM_ORDER else len(ALGORITHM_ORDER)
+        return rank, base, variant
+
+    return sorted(dict.fromkeys(names), key=key)
+
+
 def _mean_sem(values: list[float]) -> tuple[float, float]:
     if not values:
         return math.nan, math.nan
@@ -69,7 +95,7 @@ def results_frame(records: list[dict], selection: str) -> pd.DataFrame:
     from sage_bench.data import DATASETS
 
     datasets = _ordered((r["args"]["dataset"] for r in records), TABLE1_DATASETS + list(DATASETS))
-    algorithms = _ordered((r["args"]["algorithm"] for r in records), ALGORITHM_ORDER)
+    algorithms = algorithm_order(algorithm_name(r) for r in records)
     by_cell: dict[tuple[str, str, int], list[float]] = defaultdict(list)
     by_trial: dict[tuple[str, str, int], list[float]] = defaultdict(list)
     for key, acc in sorted(accs.items(), key=lambda kv: (kv[0].trial_seed, kv[0].test_env)):
@@ -118,7 +144,7 @@ def pivot(frame: pd.DataFrame, dataset: str, labels: list[str] | None = None, la
     """One printed table: algorithms as rows, environments (or data sets) and Avg as columns."""
     part = frame[frame["dataset"] == dataset]
     envs = list(dict.fromkeys(part["env"]))
-    table = part.assign(cell=[_cell(m, s, latex) for m, s in zip(part["mean"], part["sem"])])
+    table = part.assign(cell=[_cell(m, s, latex) for m, s in zip(part["mean"], part["sem"], strict=True)])
     table = table.pivot(index="algorithm", columns="env", values="cell")
     table = table.loc[list(dict.fromkeys(part["algorithm"])), envs]
     if labels is not None:
@@ -134,14 +160,14 @@ def table1_frame(frame: pd.DataFrame, compare_paper: bool = False) -> pd.DataFra
     the difference (ours - paper) beside each; the paper's Avg is recomputed from its cells."""
     averages = frame[frame["dataset"] == AVERAGES]
     algorithms = list(dict.fromkeys(averages["algorithm"]))
-    ours = {(a, e): m for a, e, m in zip(averages["algorithm"], averages["env"], averages["mean"])}
+    ours = {(a, e): m for a, e, m in zip(averages["algorithm"], averages["env"], averages["mean"], strict=True)}
     paper = paper_table1() if compare_paper else None
     rows = {}
     for algorithm in algorithms:
         row = {}
         own = [ours.get((algorithm, d), math.nan) for d in TABLE1_DATASETS]
         cells = [*own, math.nan if any(math.isnan(v) for v in own) else float(np.mean(own))]
-        for column, value in zip([*TABLE1_DATASETS, "Avg"], cells):
+        for column, value in zip([*TABLE1_DATASETS, "Avg"], cells, strict=True):
             row[column] = value
             if paper is not None:
                 reference = paper.get(algorithm, {}).get(column, math.nan)
@@ -177,6 +203,7 @@ __all__ = [
     "COLUMNS",
     "TABLE1_DATASETS",
     "GroupKey",
+    "algorithm_order",
     "environment_names",
     "header",
     "paper_table1",
