@@ -29,6 +29,16 @@ CONFIG_MODULE = "sage_bench.configs"
 
 
 @dataclass
+class WandbSchema:
+    """``wandb.*`` keys: see ``sage_bench.run.tracking``."""
+
+    mode: Any = "off"  # Any: YAML 1.1 reads an unquoted ``off`` as ``False``
+    project: str = "sage-bench"
+    entity: str | None = None
+    group: str | None = None
+
+
+@dataclass
 class TrainSchema:
     """Types of the top-level keys of ``configs/config.yaml`` (values live in the YAML)."""
 
@@ -49,6 +59,8 @@ class TrainSchema:
     num_workers: int | None = None
     eval_batch_size: int = MISSING
     progress: bool = MISSING
+    save_final_model: bool = MISSING
+    wandb: WandbSchema = field(default_factory=WandbSchema)
     hparams: dict[str, Any] = field(default_factory=dict)
 
 
@@ -158,6 +170,8 @@ class JobSpec:
     num_workers: int
     eval_batch_size: int
     progress: bool
+    save_final_model: bool = False
+    wandb: dict[str, Any] = field(default_factory=lambda: {"mode": "off"})
 
     def identity(self) -> dict[str, Any]:
         """The arguments that define the job's results; their hash names its folder."""
@@ -213,6 +227,19 @@ class JobSpec:
         }
 
 
+WANDB_MODES = ("off", "auto", "offline", "online")
+
+
+def _wandb_options(node: DictConfig) -> dict[str, Any]:
+    options = OmegaConf.to_container(node, resolve=True)
+    mode = options["mode"]
+    if isinstance(mode, bool):  # YAML 1.1: off -> False, on -> True
+        mode = "auto" if mode else "off"
+    if mode not in WANDB_MODES:
+        raise ConfigError(f"bad value for 'wandb.mode': {mode!r}; valid choices: {', '.join(WANDB_MODES)}")
+    return {**options, "mode": mode}
+
+
 def job_from_config(cfg: DictConfig) -> JobSpec:
     """Validate a composed configuration into a ``JobSpec`` (raises ``ConfigError``)."""
     dataset = cfg.dataset.name
@@ -257,6 +284,8 @@ def job_from_config(cfg: DictConfig) -> JobSpec:
     if cfg.eval_batch_size < 1:
         raise ConfigError(f"bad value for 'eval_batch_size': must be >= 1, got {cfg.eval_batch_size}")
 
+    wandb = _wandb_options(cfg.wandb)
+
     overrides = OmegaConf.to_container(cfg.hparams, resolve=True)
     try:
         hparams = hp.resolve_hparams(
@@ -292,6 +321,8 @@ def job_from_config(cfg: DictConfig) -> JobSpec:
         num_workers=num_workers,
         eval_batch_size=cfg.eval_batch_size,
         progress=cfg.progress,
+        save_final_model=cfg.save_final_model,
+        wandb=wandb,
     )
 
 
