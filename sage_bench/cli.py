@@ -10,6 +10,7 @@ from collections.abc import Sequence
 # subcommand modules, in the order ``--help`` lists them
 COMMANDS = [
     "sage_bench.commands.train",
+    "sage_bench.commands.sweep",
 ]
 
 
@@ -32,7 +33,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sage_bench.errors import UserError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # Subcommands that set ``overrides_anywhere`` take key=value words between their options.
+        if not getattr(args, "overrides_anywhere", False) or any(e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
