@@ -20,8 +20,8 @@ import torch
 from sage_bench.algorithms.erm import ERM
 from sage_bench.config import load_job
 from sage_bench.records import read_records
-from sage_bench.run import run_job
 from sage_bench.run import checkpoint as ckpt
+from sage_bench.run import run_job
 from sage_bench.run.lock import JobAlreadyRunning, is_running, job_lock
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,10 +91,18 @@ def test_sigterm_mid_run_then_resume_gives_the_same_records(tmp_path, monkeypatc
     lines = (spec.job_dir / "results.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [0, 10, 20, 24]  # no duplicate line
     assert "resumed from the checkpoint before step 14" in (spec.job_dir / "out.txt").read_text()
-    assert sorted(p.name for p in spec.job_dir.iterdir()) == ["done", "job.json", "lock", "out.txt", "results.jsonl"]
+    assert sorted(p.name for p in spec.job_dir.iterdir()) == [
+        "done",
+        "job.json",
+        "lock",
+        "out.txt",
+        "results.jsonl",
+    ]
 
 
-def test_records_written_after_the_checkpoint_are_dropped_on_resume(tmp_path, monkeypatch, reference):
+def test_records_written_after_the_checkpoint_are_dropped_on_resume(
+    tmp_path, monkeypatch, reference
+):
     """A job killed after writing a record but before its next checkpoint (or while writing a
     line) leaves records the resumed run writes again: they are dropped, never duplicated."""
     spec = load_job([*SHORT, f"output_dir={tmp_path}"])
@@ -105,7 +113,9 @@ def test_records_written_after_the_checkpoint_are_dropped_on_resume(tmp_path, mo
     results = spec.job_dir / "results.jsonl"
     stale = dict(read_records(spec.job_dir)[-1], step=20, loss=123.0)
     with open(results, "a") as f:
-        f.write(json.dumps(stale) + "\n" + '{"step": 24, "loss": 0.5, "env0_in')  # cut short by a kill
+        f.write(
+            json.dumps(stale) + "\n" + '{"step": 24, "loss": 0.5, "env0_in'
+        )  # cut short by a kill
     run_job(spec)
     assert comparable(spec.job_dir) == reference
 
@@ -151,7 +161,9 @@ def _truncated(path: Path, spec) -> None:
 
 def _wrong_network(path: Path, spec) -> None:
     payload = torch.load(path, weights_only=True)
-    payload["algorithm"] = {k: v[..., :1] if v.dim() else v for k, v in payload["algorithm"].items()}
+    payload["algorithm"] = {
+        k: v[..., :1] if v.dim() else v for k, v in payload["algorithm"].items()
+    }
     torch.save(payload, path)
 
 
@@ -165,7 +177,9 @@ def _wrong_network(path: Path, spec) -> None:
         (_wrong_network, "does not fit this job"),
     ],
 )
-def test_unusable_checkpoint_is_reported_and_the_job_starts_over(tmp_path, monkeypatch, reference, spoil, reason):
+def test_unusable_checkpoint_is_reported_and_the_job_starts_over(
+    tmp_path, monkeypatch, reference, spoil, reason
+):
     spec = load_job([*SHORT, f"output_dir={tmp_path}"])
     signal_at_update(monkeypatch, call=14)
     with pytest.raises(ckpt.JobInterrupted):
@@ -186,7 +200,9 @@ def test_sigterm_to_the_train_command_saves_and_the_same_command_resumes(tmp_pat
     command = [sys.executable, "-m", "sage_bench.cli", "train", *SHORT, f"output_dir={tmp_path}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     job_dir = load_job([*SHORT, f"output_dir={tmp_path}"]).job_dir
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.monotonic() + 120
         while not read_records(job_dir) and time.monotonic() < deadline:

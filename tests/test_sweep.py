@@ -18,7 +18,13 @@ from sage_bench.config import load_job
 from sage_bench.errors import UserError
 from sage_bench.records import read_records
 from sage_bench.run.lock import job_lock
-from sage_bench.sweep import Sweep, all_test_env_combinations, expand_grid, format_status, sweep_states
+from sage_bench.sweep import (
+    Sweep,
+    all_test_env_combinations,
+    expand_grid,
+    format_status,
+    sweep_states,
+)
 from sage_bench.sweep import state as st
 from sage_bench.sweep.disk import estimate_disk
 from sage_bench.sweep.launchers import SubprocessLauncher, compose_launcher, make_launcher
@@ -70,16 +76,25 @@ def test_grid_counts_and_order(tmp_path):
     assert len({job.job_dir for job in jobs}) == len(jobs)
     assert all(job.job_dir.parent == tmp_path.resolve() for job in jobs)
     first = jobs[0].spec
-    assert (first.dataset, first.test_envs, first.hparams_seed, first.trial_seed) == ("RotatedDigits", [0], 0, 0)
+    assert (first.dataset, first.test_envs, first.hparams_seed, first.trial_seed) == (
+        "RotatedDigits",
+        [0],
+        0,
+        0,
+    )
     assert first.hparams["lr"] == 1e-3 and first.steps == 5
     assert "hparams.lr=0.001" in jobs[0].describe()
     all_envs = Sweep(tmp_path, ["RotatedDigits"], ["ERM"], "all", [0], [0]).jobs()
     assert [j.spec.test_envs for j in all_envs] == all_test_env_combinations(6)
-    assert not tmp_path.joinpath("x").exists() and list(tmp_path.iterdir()) == []  # planning writes nothing
+    assert (
+        not tmp_path.joinpath("x").exists() and list(tmp_path.iterdir()) == []
+    )  # planning writes nothing
 
 
 def test_every_job_line_loads_to_the_same_job(tmp_path):
-    jobs = Sweep(tmp_path, ["ColoredDigits"], ["ERM"], "all", [0, 3], [1], ["hparams.lr=1e-3,2e-3"]).jobs()
+    jobs = Sweep(
+        tmp_path, ["ColoredDigits"], ["ERM"], "all", [0, 3], [1], ["hparams.lr=1e-3,2e-3"]
+    ).jobs()
     for job in jobs:
         spec = load_job(shlex.split(job.line))
         assert spec.job_dir == job.job_dir
@@ -106,7 +121,11 @@ def test_grid_expansion():
     ],
 )
 def test_a_bad_grid_stops_before_anything_is_written(tmp_path, kwargs, message):
-    definition = {"output_dir": tmp_path / "out", "datasets": ["RotatedDigits"], "algorithms": ["ERM"]}
+    definition = {
+        "output_dir": tmp_path / "out",
+        "datasets": ["RotatedDigits"],
+        "algorithms": ["ERM"],
+    }
     with pytest.raises(UserError, match=message):
         Sweep(**{**definition, **kwargs}, hparams_seeds=[0], trial_seeds=[0]).jobs()
     assert not (tmp_path / "out").exists()
@@ -115,7 +134,10 @@ def test_a_bad_grid_stops_before_anything_is_written(tmp_path, kwargs, message):
 def test_device_cuda_plans_on_a_machine_without_gpu(tmp_path):
     jobs = Sweep(tmp_path, ["RotatedDigits"], ["ERM"], [[0]], [0], [0], ["device=cuda"]).jobs()
     assert "device=cuda" in jobs[0].overrides
-    assert jobs[0].job_dir == Sweep(tmp_path, ["RotatedDigits"], ["ERM"], [[0]], [0], [0]).jobs()[0].job_dir
+    assert (
+        jobs[0].job_dir
+        == Sweep(tmp_path, ["RotatedDigits"], ["ERM"], [[0]], [0], [0]).jobs()[0].job_dir
+    )
 
 
 # -- states, status, delete_incomplete -------------------------------------------------------
@@ -142,8 +164,13 @@ def test_states_from_job_folders(tmp_path):
     assert st.job_state(untouched.job_dir, {"12_3": "RUNNING"}) == st.RUNNING
     assert st.job_state(untouched.job_dir, {}) == st.INTERRUPTED  # left the queue without finishing
 
-    text = format_status([done, failed, stopped, untouched], sweep_states([done, failed, stopped, untouched]))
-    assert text.splitlines()[0] == "4 jobs: 1 done, 3 incomplete (1 failed, 2 interrupted), 0 not launched"
+    text = format_status(
+        [done, failed, stopped, untouched], sweep_states([done, failed, stopped, untouched])
+    )
+    assert (
+        text.splitlines()[0]
+        == "4 jobs: 1 done, 3 incomplete (1 failed, 2 interrupted), 0 not launched"
+    )
     assert "ValueError: boom" in text and str(failed.job_dir) in text
 
 
@@ -174,7 +201,9 @@ def test_status_and_delete_incomplete_from_the_command_line(tmp_path, capsys, mo
 
 
 @pytest.mark.slow
-def test_local_sweep_runs_every_job_and_a_relaunch_finishes_what_is_missing(tmp_path, capsys, job_env):
+def test_local_sweep_runs_every_job_and_a_relaunch_finishes_what_is_missing(
+    tmp_path, capsys, job_env
+):
     out = tmp_path / "sweep"
     assert main(sweep_args("launch", out)) == 0
     jobs = Sweep(out, ["RotatedDigits"], ["ERM"], [[0], [1]], [0], [0], SHORT).jobs()
@@ -216,15 +245,21 @@ def test_multi_gpu_launcher_gives_each_running_job_its_own_gpu(tmp_path, monkeyp
         "with open(sys.argv[1], 'a') as f:\n"
         "    f.write(json.dumps([os.environ['CUDA_VISIBLE_DEVICES'], start, time.time()]) + '\\n')\n"
     )
-    monkeypatch.setattr(launchers, "train_command", lambda job: [sys.executable, "-c", script, str(log)])
-    launcher = make_launcher(compose_launcher(["launcher=multi_gpu", "launcher.gpus=[3,5]"]), tmp_path)
+    monkeypatch.setattr(
+        launchers, "train_command", lambda job: [sys.executable, "-c", script, str(log)]
+    )
+    launcher = make_launcher(
+        compose_launcher(["launcher=multi_gpu", "launcher.gpus=[3,5]"]), tmp_path
+    )
     assert launcher.concurrency == 2
     assert launcher.launch(jobs) == 0
     runs = [json.loads(line) for line in log.read_text().splitlines()]
     assert len(runs) == 4 and {gpu for gpu, _, _ in runs} == {"3", "5"}
     for gpu in ("3", "5"):
         spans = sorted((s, e) for g, s, e in runs if g == gpu)
-        assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))  # one at a time
+        assert all(
+            a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:], strict=False)
+        )  # one at a time
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     if not torch.cuda.is_available():
         with pytest.raises(Exception, match="no GPU is visible"):
@@ -235,7 +270,11 @@ def test_local_launcher_counts_failures(tmp_path, monkeypatch):
     from sage_bench.sweep import launchers
 
     codes = iter([0, 3, 0])
-    monkeypatch.setattr(launchers, "train_command", lambda job: [sys.executable, "-c", f"raise SystemExit({next(codes)})"])
+    monkeypatch.setattr(
+        launchers,
+        "train_command",
+        lambda job: [sys.executable, "-c", f"raise SystemExit({next(codes)})"],
+    )
     assert SubprocessLauncher([{}]).launch(_four_jobs(tmp_path)[:3]) == 1
 
 
@@ -267,9 +306,14 @@ def test_overrides_may_sit_between_options(tmp_path, capsys):
 
 def test_bad_launcher_settings_are_named(tmp_path, capsys):
     assert main(sweep_args("launch", tmp_path, "launcher=slurm", "launcher.gpus=2")) == 2
-    assert "unknown key launcher.gpus for launcher=slurm; valid keys: launcher.partition" in capsys.readouterr().err
+    assert (
+        "unknown key launcher.gpus for launcher=slurm; valid keys: launcher.partition"
+        in capsys.readouterr().err
+    )
     assert main(sweep_args("launch", tmp_path, "launcher=pbs")) == 2
-    assert "unknown launcher 'pbs'; valid choices: local, multi_gpu, slurm" in capsys.readouterr().err
+    assert (
+        "unknown launcher 'pbs'; valid choices: local, multi_gpu, slurm" in capsys.readouterr().err
+    )
 
 
 def test_slurm_parameters_map_to_sbatch_options(tmp_path):
@@ -279,7 +323,11 @@ def test_slurm_parameters_map_to_sbatch_options(tmp_path):
     )  # fmt: skip
     launcher = make_launcher(cfg, tmp_path)
     params = launcher.executor_parameters()
-    assert params["gres"] == "gpu:3g.40gb:1" and params["partition"] == "a100" and params["account"] == "lab"
+    assert (
+        params["gres"] == "gpu:3g.40gb:1"
+        and params["partition"] == "a100"
+        and params["account"] == "lab"
+    )
     assert params["time"] == 90 and params["mem"] == "7680MB" and params["array_parallelism"] == 8
     assert params["additional_parameters"] == {"requeue": True} and params["signal_delay_s"] == 120
     assert launcher.concurrency == 8
@@ -296,12 +344,19 @@ def test_disk_estimate_measures_weights_and_optimizer_state(tmp_path):
     network = build_network("digits_cnn", (1, 16, 16), 10)
     weights = sum(p.numel() * p.element_size() for p in network.state_dict().values())
     trainable = sum(p.numel() * p.element_size() for p in network.parameters())
-    assert estimate.checkpoint == pytest.approx(weights + 2 * trainable, rel=0.001)  # Adam: 2 moments
+    assert estimate.checkpoint == pytest.approx(
+        weights + 2 * trainable, rel=0.001
+    )  # Adam: 2 moments
     assert estimate.needed == estimate.kept + 2 * estimate.checkpoint
-    sgd = estimate_disk(Sweep(tmp_path, ["RotatedDigits"], ["ERM"], [[0]], [0], [0], ["optimizer=sgd"]).jobs(), 1)
+    sgd = estimate_disk(
+        Sweep(tmp_path, ["RotatedDigits"], ["ERM"], [[0]], [0], [0], ["optimizer=sgd"]).jobs(), 1
+    )
     assert sgd.checkpoint == pytest.approx(weights + trainable, rel=0.001)  # one momentum buffer
     kept_model = estimate_disk(
-        Sweep(tmp_path, ["RotatedDigits"], ["ERM"], [[0]], [0], [0], [*SHORT, "save_final_model=true"]).jobs(), 1
+        Sweep(
+            tmp_path, ["RotatedDigits"], ["ERM"], [[0]], [0], [0], [*SHORT, "save_final_model=true"]
+        ).jobs(),
+        1,
     )
     assert kept_model.kept == pytest.approx(estimate.kept / 3 + weights, rel=0.01)
 

@@ -12,8 +12,7 @@ import torch
 from sage_bench.config import load_job
 from sage_bench.errors import ConfigError
 from sage_bench.records import read_records
-from sage_bench.run import run_job
-from sage_bench.run import tracking
+from sage_bench.run import run_job, tracking
 
 SHORT = ["steps=12", "checkpoint_freq=5", "progress=false", "hparams.batch_size=16"]
 
@@ -60,7 +59,15 @@ def fake_wandb(monkeypatch):
 
 
 def test_one_run_per_job_with_config_and_every_record(tmp_path, fake_wandb):
-    spec = load_job([*SHORT, f"output_dir={tmp_path}", "wandb.mode=offline", "wandb.group=digits", "wandb.project=p"])
+    spec = load_job(
+        [
+            *SHORT,
+            f"output_dir={tmp_path}",
+            "wandb.mode=offline",
+            "wandb.group=digits",
+            "wandb.project=p",
+        ]
+    )
     job_dir = run_job(spec)
     init = fake_wandb["init"]
     assert (init["mode"], init["group"], init["project"]) == ("offline", "digits", "p")
@@ -68,11 +75,15 @@ def test_one_run_per_job_with_config_and_every_record(tmp_path, fake_wandb):
     assert init["config"]["job_id"] == spec.job_id and init["config"]["hparams"] == spec.hparams
     records = read_records(job_dir)
     assert [step for step, _ in fake_wandb["log"]] == [r["step"] for r in records] == [0, 5, 10, 11]
-    for (_, metrics), record in zip(fake_wandb["log"], records):
+    for (_, metrics), record in zip(fake_wandb["log"], records, strict=True):
         assert metrics["env0_out_acc"] == record["env0_out_acc"] and "args" not in metrics
     assert fake_wandb["finish"] == 0
     # the id follows the folder: a resumed job continues its run, another sweep gets another
-    assert init["id"] == tracking.run_id(job_dir) != tracking.run_id(tmp_path / "elsewhere" / spec.job_id)
+    assert (
+        init["id"]
+        == tracking.run_id(job_dir)
+        != tracking.run_id(tmp_path / "elsewhere" / spec.job_id)
+    )
 
 
 @pytest.mark.parametrize("failure", ["fail_init", "fail_log"])

@@ -34,7 +34,12 @@ ACTIONS = {
 
 def _add_definition(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("the sweep")
-    group.add_argument("--output-dir", required=True, type=Path, help="the sweep's folder: one folder per job inside")
+    group.add_argument(
+        "--output-dir",
+        required=True,
+        type=Path,
+        help="the sweep's folder: one folder per job inside",
+    )
     group.add_argument("--datasets", nargs="+", required=True, metavar="NAME", help="data sets")
     group.add_argument("--algorithms", nargs="+", required=True, metavar="NAME", help="algorithms")
     group.add_argument(
@@ -45,11 +50,22 @@ def _add_definition(parser: argparse.ArgumentParser) -> None:
         help="'single': each environment alone (default); 'all': every environment and every pair "
         "(DomainBed's default, needed by leave-one-domain-out selection); or lists such as 0 1 0,1",
     )
-    group.add_argument("--n-hparams", type=int, default=20, help="hparams_seed runs up to this, exclusive (default 20)")
-    group.add_argument("--n-hparams-from", type=int, default=0, help="first hparams_seed (default 0: the defaults)")
+    group.add_argument(
+        "--n-hparams",
+        type=int,
+        default=20,
+        help="hparams_seed runs up to this, exclusive (default 20)",
+    )
+    group.add_argument(
+        "--n-hparams-from", type=int, default=0, help="first hparams_seed (default 0: the defaults)"
+    )
     group.add_argument("--n-trials", type=int, default=3, help="trial_seed 0 .. N-1 (default 3)")
-    group.add_argument("--name", help="the sweep's name, its wandb group (default: the output folder's name)")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides key=value of every job, or of the launcher")
+    group.add_argument(
+        "--name", help="the sweep's name, its wandb group (default: the output folder's name)"
+    )
+    parser.add_argument(
+        "overrides", nargs="*", help="Hydra overrides key=value of every job, or of the launcher"
+    )
 
 
 def add_parser(subparsers) -> None:
@@ -63,22 +79,38 @@ def add_parser(subparsers) -> None:
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     for action, help_text in ACTIONS.items():
         sub = actions.add_parser(
-            action, help=help_text, description=help_text, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+            action,
+            help=help_text,
+            description=help_text,
+            epilog=EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         _add_definition(sub)
         sub.set_defaults(func=run, overrides_anywhere=True)
         if action == "launch":
-            sub.add_argument("--dry-run", action="store_true", help="list the jobs it would launch, launch nothing")
+            sub.add_argument(
+                "--dry-run",
+                action="store_true",
+                help="list the jobs it would launch, launch nothing",
+            )
             sub.add_argument(
                 "--write-jobs",
                 type=Path,
                 metavar="FILE",
                 help="write the jobs it would launch to FILE, one line of overrides each (for slurm/array.sbatch), launch nothing",
             )
-            sub.add_argument("--skip-disk-check", action="store_true", help="launch even if the disk looks too small")
+            sub.add_argument(
+                "--skip-disk-check",
+                action="store_true",
+                help="launch even if the disk looks too small",
+            )
         if action == "status":
-            sub.add_argument("-v", "--verbose", action="store_true", help="also list every job and its state")
-            sub.add_argument("--lines", type=int, default=10, help="lines of each error to show (default 10)")
+            sub.add_argument(
+                "-v", "--verbose", action="store_true", help="also list every job and its state"
+            )
+            sub.add_argument(
+                "--lines", type=int, default=10, help="lines of each error to show (default 10)"
+            )
         if action == "delete_incomplete":
             sub.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
 
@@ -170,10 +202,14 @@ def _delete_incomplete(args, jobs, states) -> int:
     if not doomed:
         print("no failed or interrupted job to delete")
         return 0
-    print(f"about to delete the folders of {len(doomed)} failed or interrupted jobs in {args.output_dir}")
+    print(
+        f"about to delete the folders of {len(doomed)} failed or interrupted jobs in {args.output_dir}"
+    )
     if not args.yes:
         if not sys.stdin.isatty():
-            raise UserError("delete_incomplete asks for confirmation; add --yes to delete without asking")
+            raise UserError(
+                "delete_incomplete asks for confirmation; add --yes to delete without asking"
+            )
         if input("delete them? [y/N] ").strip().lower()[:1] != "y":
             print("nothing deleted")
             return 0
@@ -189,7 +225,14 @@ def _launch(args, sweep, launcher_overrides) -> int:
     from sage_bench.errors import UserError
     from sage_bench.sweep.disk import estimate_disk, free_bytes
     from sage_bench.sweep.launchers import compose_launcher, make_launcher
-    from sage_bench.sweep.state import DONE, NOT_LAUNCHED, QUEUED, RUNNING, format_status, sweep_states
+    from sage_bench.sweep.state import (
+        DONE,
+        NOT_LAUNCHED,
+        QUEUED,
+        RUNNING,
+        format_status,
+        sweep_states,
+    )
 
     launcher_cfg = compose_launcher(launcher_overrides)
     jobs = sweep.jobs()
@@ -212,8 +255,13 @@ def _launch(args, sweep, launcher_overrides) -> int:
         print("nothing to launch")
         return 0
 
-    if any(job.spec.wandb.get("mode", "off") != "off" for job in todo) and importlib.util.find_spec("wandb") is None:
-        raise UserError("wandb.mode is not off but wandb is not installed: pip install 'sage-bench[wandb]'")
+    if (
+        any(job.spec.wandb.get("mode", "off") != "off" for job in todo)
+        and importlib.util.find_spec("wandb") is None
+    ):
+        raise UserError(
+            "wandb.mode is not off but wandb is not installed: pip install 'sage-bench[wandb]'"
+        )
     launcher = make_launcher(launcher_cfg, args.output_dir)
     estimate = estimate_disk(todo, launcher.concurrency)
     free = free_bytes(args.output_dir)

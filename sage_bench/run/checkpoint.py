@@ -162,11 +162,25 @@ def load_checkpoint(job_dir: str | os.PathLike, job_id: str, steps: int) -> Chec
         raise UnusableCheckpoint(
             f"checkpoint {path} cannot be read ({type(exc).__name__}: {reason})"
         ) from exc
-    _check(isinstance(payload, dict) and payload.get("format") == FORMAT, path, "not a sage-bench checkpoint")
-    _check(payload.get("version") == VERSION, path, f"format version {payload.get('version')!r}, expected {VERSION}")
-    _check(payload.get("job_id") == job_id, path, f"it belongs to job {payload.get('job_id')!r}, not {job_id!r}")
+    _check(
+        isinstance(payload, dict) and payload.get("format") == FORMAT,
+        path,
+        "not a sage-bench checkpoint",
+    )
+    _check(
+        payload.get("version") == VERSION,
+        path,
+        f"format version {payload.get('version')!r}, expected {VERSION}",
+    )
+    _check(
+        payload.get("job_id") == job_id,
+        path,
+        f"it belongs to job {payload.get('job_id')!r}, not {job_id!r}",
+    )
     step = payload.get("step")
-    _check(isinstance(step, int) and 0 < step <= steps, path, f"step {step!r} is outside 1..{steps}")
+    _check(
+        isinstance(step, int) and 0 < step <= steps, path, f"step {step!r} is outside 1..{steps}"
+    )
     interval = payload.get("interval")
     _check(
         isinstance(interval, dict) and all(isinstance(v, list) for v in interval.values()),
@@ -229,7 +243,9 @@ class StopSignals:
             self.received = signum
             name = signal.Signals(signum).name
             again = " (Ctrl-C again to stop now)" if signum == signal.SIGINT else ""
-            print(f"sage-bench: {name}: stopping after this step{again}", file=sys.stderr, flush=True)
+            print(
+                f"sage-bench: {name}: stopping after this step{again}", file=sys.stderr, flush=True
+            )
 
     def __enter__(self) -> StopSignals:
         for signum in self.signals:

@@ -57,7 +57,9 @@ def job_lock(job_dir: str | os.PathLike, wait_s: float = 5.0) -> Iterator[None]:
             except OSError as exc:
                 if exc.errno not in _UNSUPPORTED:
                     raise
-                warnings.warn(f"cannot lock {path} ({exc.strerror}); running without a lock", stacklevel=3)
+                warnings.warn(
+                    f"cannot lock {path} ({exc.strerror}); running without a lock", stacklevel=3
+                )
                 yield
                 return
         f.seek(0)

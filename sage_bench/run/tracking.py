@@ -88,7 +88,9 @@ class Tracker:
         self.finish(exit_code=0 if exc_type is None else 1)
 
     def _failed(self, what: str, exc: BaseException) -> None:
-        self._log.warning(f"wandb: {what} failed ({type(exc).__name__}: {exc}); tracking stops, training goes on")
+        self._log.warning(
+            f"wandb: {what} failed ({type(exc).__name__}: {exc}); tracking stops, training goes on"
+        )
         self._run = None
 
     def start(

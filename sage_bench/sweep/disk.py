@@ -45,7 +45,13 @@ def kept_bytes(spec: JobSpec) -> int:
     """What a finished job keeps, final model aside (an upper estimate)."""
     n_envs = _n_envs(spec)
     a_float = 0.12345678901234567
-    record = {"step": spec.steps, "epoch": a_float, "loss": a_float, "step_time": a_float, "mem_gb": a_float}
+    record = {
+        "step": spec.steps,
+        "epoch": a_float,
+        "loss": a_float,
+        "step_time": a_float,
+        "mem_gb": a_float,
+    }
     record.update({f"extra_{i}": a_float for i in range(_EXTRA_FLOATS)})
     record.update({f"env{i}_{s}_acc": a_float for i in range(n_envs) for s in ("in", "out")})
     record.update({"hparams": spec.hparams, "args": spec.record_args()})
@@ -74,25 +80,42 @@ def model_bytes(spec: JobSpec) -> tuple[int, int]:
     from sage_bench.models import build_network
     from sage_bench.optim import build_optimizer
 
-    dataset = get_dataset_class(spec.dataset)(str(spec.data_dir), spec.test_envs, spec.hparams, **spec.dataset_options)
+    dataset = get_dataset_class(spec.dataset)(
+        str(spec.data_dir), spec.test_envs, spec.hparams, **spec.dataset_options
+    )
     with torch.device("meta"):
         network = build_network(
-            spec.backbone, dataset.input_shape, dataset.num_classes, spec.hparams, **spec.backbone_options
+            spec.backbone,
+            dataset.input_shape,
+            dataset.num_classes,
+            spec.hparams,
+            **spec.backbone_options,
         )
-        optimizer = build_optimizer(spec.optimizer, network.parameters(), spec.hparams, **spec.optimizer_options)
+        optimizer = build_optimizer(
+            spec.optimizer, network.parameters(), spec.hparams, **spec.optimizer_options
+        )
         for p in network.parameters():
             if p.requires_grad:
                 p.grad = torch.zeros_like(p)
         optimizer.step()
     weights = sum(_tensor_bytes(v) for v in network.state_dict().values())
     state = optimizer.state_dict()["state"]
-    optimizer_bytes = sum(_tensor_bytes(v) for per_param in state.values() for v in per_param.values())
+    optimizer_bytes = sum(
+        _tensor_bytes(v) for per_param in state.values() for v in per_param.values()
+    )
     return weights, optimizer_bytes
 
 
 def _model_key(spec: JobSpec) -> str:
     return json.dumps(
-        [spec.dataset, spec.dataset_options, spec.backbone, spec.backbone_options, spec.optimizer, spec.optimizer_options],
+        [
+            spec.dataset,
+            spec.dataset_options,
+            spec.backbone,
+            spec.backbone_options,
+            spec.optimizer,
+            spec.optimizer_options,
+        ],
         sort_keys=True,
         default=str,
     )

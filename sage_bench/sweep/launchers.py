@@ -65,7 +65,11 @@ class SlurmLauncherConfig:
     additional_parameters: dict[str, Any] = field(default_factory=dict)
 
 
-_SCHEMAS = {"local": LocalLauncherConfig, "multi_gpu": MultiGPULauncherConfig, "slurm": SlurmLauncherConfig}
+_SCHEMAS = {
+    "local": LocalLauncherConfig,
+    "multi_gpu": MultiGPULauncherConfig,
+    "slurm": SlurmLauncherConfig,
+}
 for _name, _schema in _SCHEMAS.items():
     ConfigStore.instance().store(group="launcher", name=f"{_name}_schema", node=_schema)
 
@@ -94,9 +98,15 @@ def compose_launcher(overrides: Sequence[str] = ()) -> DictConfig:
             where = f"bad value for '{key.group(1)}'" if key else "bad launcher setting"
             raise ConfigError(f"{where}: {first}") from exc
         name = next((o.split("=", 1)[1] for o in overrides if o.startswith("launcher=")), "local")
-        keys = [f"launcher.{f.name}" for f in fields(_SCHEMAS.get(name, LocalLauncherConfig)) if f.name != "name"]
+        keys = [
+            f"launcher.{f.name}"
+            for f in fields(_SCHEMAS.get(name, LocalLauncherConfig))
+            if f.name != "name"
+        ]
         valid = f"valid keys: {', '.join(keys)}" if keys else "it has no settings"
-        raise ConfigError(f"unknown key launcher.{unknown.group(1)} for launcher={name}; {valid}") from exc
+        raise ConfigError(
+            f"unknown key launcher.{unknown.group(1)} for launcher={name}; {valid}"
+        ) from exc
 
 
 # -- launchers -------------------------------------------------------------------------------
@@ -141,7 +151,11 @@ class SubprocessLauncher:
                     number, job = pending.pop(0)
                     slot = free.pop(0)
                     where = " ".join(f"{k}={v}" for k, v in slot.items())
-                    print(f"[{number}/{len(jobs)}] {job.describe()}" + (f" ({where})" if where else ""), flush=True)
+                    print(
+                        f"[{number}/{len(jobs)}] {job.describe()}"
+                        + (f" ({where})" if where else ""),
+                        flush=True,
+                    )
                     proc = subprocess.Popen(train_command(job), env={**os.environ, **slot})
                     running[proc] = (number, job, slot)
                 for proc in [p for p in running if p.poll() is not None]:
@@ -149,12 +163,18 @@ class SubprocessLauncher:
                     free.append(slot)
                     if proc.returncode != 0:
                         failed += 1
-                        print(f"[{number}/{len(jobs)}] exited with code {proc.returncode}: {job.job_dir}", flush=True)
+                        print(
+                            f"[{number}/{len(jobs)}] exited with code {proc.returncode}: {job.job_dir}",
+                            flush=True,
+                        )
                 if running:
                     time.sleep(self.poll_s)
         except KeyboardInterrupt:
             # the jobs got the Ctrl-C too: they stop after their step and save a checkpoint
-            print("sage-bench: waiting for the running jobs to save their checkpoints", file=sys.stderr)
+            print(
+                "sage-bench: waiting for the running jobs to save their checkpoints",
+                file=sys.stderr,
+            )
             for proc in running:
                 proc.wait()
             raise
@@ -178,9 +198,15 @@ def make_launcher(cfg: DictConfig, output_dir: Path) -> Launcher:
     if cfg.name == "multi_gpu":
         gpus = [str(g) for g in cfg.gpus] if cfg.gpus is not None else visible_gpus()
         if not gpus:
-            raise UserError("launcher=multi_gpu but no GPU is visible; use launcher=local, or name them: launcher.gpus=[0,1]")
-        threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // len(gpus)))
-        return SubprocessLauncher([{"CUDA_VISIBLE_DEVICES": g, "OMP_NUM_THREADS": threads} for g in gpus])
+            raise UserError(
+                "launcher=multi_gpu but no GPU is visible; use launcher=local, or name them: launcher.gpus=[0,1]"
+            )
+        threads = os.environ.get("OMP_NUM_THREADS") or str(
+            max(1, (os.cpu_count() or 1) // len(gpus))
+        )
+        return SubprocessLauncher(
+            [{"CUDA_VISIBLE_DEVICES": g, "OMP_NUM_THREADS": threads} for g in gpus]
+        )
     if cfg.name == "slurm":
         return SlurmLauncher(OmegaConf.to_object(cfg), output_dir)
     raise ConfigError(f"unknown launcher {cfg.name!r}; valid choices: {', '.join(_SCHEMAS)}")
@@ -215,7 +241,10 @@ class SlurmLauncher:
             "array_parallelism": c.array_parallelism,
             "signal_delay_s": c.signal_delay_s,
             # as many CPU threads as CPUs allocated: more only slow every job on the node down
-            "setup": ['export OMP_NUM_THREADS="${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"', *c.setup],
+            "setup": [
+                'export OMP_NUM_THREADS="${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"',
+                *c.setup,
+            ],
             "additional_parameters": additional or None,
         }
         for key in ("partition", "account", "qos", "gres", "constraint", "exclude", "comment"):
@@ -229,9 +258,13 @@ class SlurmLauncher:
 
             from sage_bench.sweep.slurm import SweepTask
         except ImportError as exc:
-            raise UserError("launcher=slurm needs submitit: pip install 'sage-bench[slurm]'") from exc
+            raise UserError(
+                "launcher=slurm needs submitit: pip install 'sage-bench[slurm]'"
+            ) from exc
         try:
-            executor = submitit.SlurmExecutor(folder=self.folder, max_num_timeout=self.cfg.max_num_timeout)
+            executor = submitit.SlurmExecutor(
+                folder=self.folder, max_num_timeout=self.cfg.max_num_timeout
+            )
         except RuntimeError as exc:  # no srun on PATH
             raise UserError(f"launcher=slurm cannot reach SLURM here: {exc}") from exc
         try:
@@ -252,8 +285,13 @@ class SlurmLauncher:
                     f"sbatch refused the array ({len(arrays)} array(s) submitted before): "
                     + " ".join(line.strip() for line in message[-3:])
                 ) from exc
-            for job, task in zip(chunk, submitted):
-                write_launch_record(job.job_dir, launcher="slurm", slurm_job_id=task.job_id, log=str(task.paths.stderr))
+            for job, task in zip(chunk, submitted, strict=True):
+                write_launch_record(
+                    job.job_dir,
+                    launcher="slurm",
+                    slurm_job_id=task.job_id,
+                    log=str(task.paths.stderr),
+                )
             arrays.append(submitted[0].job_id.split("_")[0])
             print(f"submitted {len(chunk)} jobs as SLURM job {arrays[-1]}", flush=True)
         return 0

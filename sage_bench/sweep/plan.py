@@ -58,7 +58,9 @@ def test_env_sets(choice: str | Sequence[Sequence[int]], n_envs: int) -> list[li
     if choice == "all":  # a pair of a 2-environment data set would leave nothing to train on
         return [envs for envs in all_test_env_combinations(n_envs) if len(envs) < n_envs]
     if isinstance(choice, str):
-        raise ConfigError(f"bad test environments {choice!r}; valid: {', '.join(TEST_ENV_MODES)} or lists like 0,1")
+        raise ConfigError(
+            f"bad test environments {choice!r}; valid: {', '.join(TEST_ENV_MODES)} or lists like 0,1"
+        )
     return [list(envs) for envs in choice]
 
 
@@ -73,14 +75,18 @@ def expand_grid(overrides: Sequence[str]) -> list[list[str]]:
     for override in parsed:
         key = override.key_or_group
         if key in _AXIS_OPTIONS:
-            raise ConfigError(f"{key!r} is set by the sweep's {_AXIS_OPTIONS[key]} option, not by an override")
+            raise ConfigError(
+                f"{key!r} is set by the sweep's {_AXIS_OPTIONS[key]} option, not by an override"
+            )
         if not override.is_sweep_override():
             axes.append([override.input_line])
         elif override.is_discrete_sweep():
             prefix = override.get_key_element()
             axes.append([f"{prefix}={value}" for value in override.sweep_string_iterator()])
         else:
-            raise ConfigError(f"{override.input_line!r}: a sweep needs a list of values, not an interval")
+            raise ConfigError(
+                f"{override.input_line!r}: a sweep needs a list of values, not an interval"
+            )
     return [list(point) for point in itertools.product(*axes)]
 
 
@@ -183,8 +189,12 @@ class Sweep:
         # Hydra does with ``key=value`` overrides of these plain top-level keys.
         base = compose_job_config([f"dataset={dataset}", f"algorithm={algorithm}", *tail])
         if re.fullmatch(r"cuda(:\d+)?", str(base.device)):
-            base.device = "cpu"  # validate here without a GPU; the job resolves its device where it runs
-        for test_envs, hparams_seed, trial_seed in itertools.product(env_sets, self.hparams_seeds, self.trial_seeds):
+            base.device = (
+                "cpu"  # validate here without a GPU; the job resolves its device where it runs
+            )
+        for test_envs, hparams_seed, trial_seed in itertools.product(
+            env_sets, self.hparams_seeds, self.trial_seeds
+        ):
             cfg = copy.deepcopy(base)
             cfg.test_envs = test_envs
             cfg.hparams_seed = hparams_seed

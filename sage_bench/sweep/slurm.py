@@ -31,5 +31,7 @@ class SweepTask(submitit.helpers.Checkpointable):
             print(exc, flush=True)
             return f"{spec.job_dir}: already running elsewhere"
         except JobInterrupted as exc:
-            signal.raise_signal(exc.signum)  # submitit's handler: requeue (SIGUSR2) or log (SIGTERM)
+            signal.raise_signal(
+                exc.signum
+            )  # submitit's handler: requeue (SIGUSR2) or log (SIGTERM)
             raise

@@ -39,7 +39,15 @@ INCOMPLETE = (RUNNING, QUEUED, FAILED, INTERRUPTED)
 LAUNCH_FILE = "launch.json"  # how a queued job was launched (SLURM job id, log files)
 
 # SLURM job states in which a task is still to run or running.
-_SLURM_WAITING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "SUSPENDED", "RESIZING"}
+_SLURM_WAITING = {
+    "PENDING",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "CONFIGURING",
+    "SUSPENDED",
+    "RESIZING",
+}
 _SLURM_RUNNING = {"RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT", "STOPPED"}
 
 
@@ -135,7 +143,9 @@ def error_tail(job_dir: Path, lines: int = 10) -> tuple[Path | None, list[str]]:
     return None, []
 
 
-def format_status(jobs: Sequence[SweepJob], states: Mapping[Path, str], error_lines: int = 10) -> str:
+def format_status(
+    jobs: Sequence[SweepJob], states: Mapping[Path, str], error_lines: int = 10
+) -> str:
     """The counts of a sweep's states and, for every failed or interrupted job that left an
     error, the last lines of it."""
     counts = Counter(states[job.job_dir] for job in jobs)
