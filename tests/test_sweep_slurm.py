@@ -6,6 +6,8 @@ with ``SAGE_BENCH_REQUIRE_SLURM=1`` (set by ``.ci/run``) they fail instead.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import shlex
@@ -25,7 +27,7 @@ from sage_bench.records import read_records
 from sage_bench.run import run_job
 from sage_bench.sweep import Sweep
 from sage_bench.sweep.plan import SweepJob
-from sage_bench.sweep.state import read_launch_record
+from sage_bench.sweep.state import QUEUED, RUNNING, read_launch_record, sweep_states
 from tests.slurm_cluster import LocalSlurm, SlurmUnavailable
 
 pytestmark = pytest.mark.slow
@@ -119,6 +121,8 @@ class Watched:
     jobs: list[SweepJob]
     array_id: str
     max_running: int = 0
+    states_after_launch: list[str] = field(default_factory=list)
+    relaunch_output: str = ""
     interrupted: dict[str, int] = field(default_factory=dict)  # how, at which pid
 
 
@@ -134,6 +138,12 @@ def digits_sweep(slurm, tmp_path_factory) -> Watched:
     ).jobs()
     task_ids = [read_launch_record(job.job_dir)["slurm_job_id"] for job in jobs]
     watched = Watched(out, jobs, task_ids[0].split("_")[0])
+    # at once: queued (or already running), and the same command again submits nothing
+    watched.states_after_launch = list(sweep_states(jobs).values())
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["sweep", "launch", "--output-dir", str(out), *DEFINITION, *LAUNCHER]) == 0
+    watched.relaunch_output = printed.getvalue()
     actions = {
         jobs[0].job_dir: ("requeue", lambda: slurm.run("scontrol", "requeue", task_ids[0])),
         jobs[1].job_dir: ("timeout", lambda: slurm.run("scancel", "--signal=USR2", task_ids[1])),
@@ -157,6 +167,12 @@ def digits_sweep(slurm, tmp_path_factory) -> Watched:
     for thread in threads:
         thread.join()
     return watched
+
+
+def test_queued_jobs_are_not_submitted_twice(digits_sweep):
+    assert set(digits_sweep.states_after_launch) <= {QUEUED, RUNNING}
+    assert "nothing to launch" in digits_sweep.relaunch_output
+    assert len(digits_sweep.states_after_launch) == 4
 
 
 def test_the_array_completes_on_mig_slices_two_at_a_time(digits_sweep, slurm, capsys):
