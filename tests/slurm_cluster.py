@@ -38,6 +38,10 @@ PROGRAMS = (
     "srun",
 )
 INSTALL = "apt-get install -y --no-install-recommends slurmctld slurmd slurm-client munge"
+FINAL_STATES = {
+    "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY",
+    "BOOT_FAIL", "DEADLINE",
+}  # fmt: skip
 SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
 
 
@@ -263,9 +267,10 @@ class LocalSlurm:
         return result.stdout
 
     def queue(self) -> dict[str, str]:
-        """Jobs and array tasks that are not finished: ``{id: state}``."""
-        out = self.run("squeue", "-h", "-r", "-o", "%i %T", check=False)
-        return dict(line.split() for line in out.splitlines() if len(line.split()) == 2)
+        """Jobs and array tasks that are not finished: ``{id: state}`` (requeued ones too)."""
+        out = self.run("squeue", "-h", "-r", "-t", "all", "-o", "%i %T", check=False)
+        pairs = [line.split() for line in out.splitlines() if len(line.split()) == 2]
+        return {job: state for job, state in pairs if state not in FINAL_STATES}
 
     def states(self, job_id: str) -> dict[str, str]:
         """Every task of a job, finished or not (completed jobs stay listed: MinJobAge)."""

@@ -67,6 +67,15 @@ def slurm():
         cluster.stop()
 
 
+def diagnose(job_dir: Path) -> str:
+    """The end of a job's log and of its SLURM task's error log, for a failing assertion."""
+    text = [f"{job_dir}:", *(job_dir / "out.txt").read_text().splitlines()[-15:]]
+    log = read_launch_record(job_dir).get("log")
+    if log and Path(log).exists():
+        text += [f"{log}:", *Path(log).read_text().splitlines()[-25:]]
+    return "\n".join(text)
+
+
 def comparable(job_dir: Path) -> list[dict]:
     records = []
     for record in read_records(job_dir):
@@ -160,7 +169,10 @@ def digits_sweep(slurm, tmp_path_factory) -> Watched:
             time.sleep(0.02)
         states = slurm.states(watched.array_id)
         watched.max_running = max(watched.max_running, sum(s == "RUNNING" for s in states.values()))
-        if len(states) == len(jobs) and not any(t in slurm.queue() for t in task_ids):
+        settled = all(
+            (j.job_dir / "done").exists() or (j.job_dir / "err.txt").exists() for j in jobs
+        )
+        if settled and len(states) == len(jobs) and not any(t in slurm.queue() for t in task_ids):
             break
     else:
         pytest.fail(f"the sweep did not finish in {TIMEOUT_S} s: {slurm.states(watched.array_id)}")
@@ -176,8 +188,8 @@ def test_queued_jobs_are_not_submitted_twice(digits_sweep):
 
 
 def test_the_array_completes_on_mig_slices_two_at_a_time(digits_sweep, slurm, capsys):
-    good = digits_sweep.jobs[:2]
-    assert all((job.job_dir / "done").exists() for job in good)
+    for job in digits_sweep.jobs[:2]:
+        assert (job.job_dir / "done").exists(), diagnose(job.job_dir)
     assert (
         len(
             {read_launch_record(j.job_dir)["slurm_job_id"].split("_")[0] for j in digits_sweep.jobs}
@@ -205,6 +217,7 @@ def test_a_job_stopped_mid_run_is_requeued_and_gives_the_same_records(
     job = digits_sweep.jobs[job]
     log = (job.job_dir / "out.txt").read_text()
     assert how in digits_sweep.interrupted
+    assert (job.job_dir / "done").exists(), diagnose(job.job_dir)
     assert "SLURM_RESTART_COUNT: 1" in log
     assert re.search(r"resumed from the checkpoint before step (\d+)", log)
     step = int(re.search(r"resumed from the checkpoint before step (\d+)", log).group(1))

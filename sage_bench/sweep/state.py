@@ -73,7 +73,17 @@ def slurm_queue() -> dict[str, str] | None:
         return None
     try:
         result = subprocess.run(
-            ["squeue", "--noheader", "--array", "--user", getpass.getuser(), "--format", "%i %T"],
+            # every state: squeue's default leaves out e.g. REQUEUED, which a requeued task passes through
+            [
+                "squeue",
+                "--noheader",
+                "--array",
+                "--states=all",
+                "--user",
+                getpass.getuser(),
+                "--format",
+                "%i %T",
+            ],
             capture_output=True,
             text=True,
             timeout=60,
@@ -85,7 +95,7 @@ def slurm_queue() -> dict[str, str] | None:
     queue = {}
     for line in result.stdout.splitlines():
         parts = line.split()
-        if len(parts) == 2:
+        if len(parts) == 2 and (parts[1] in _SLURM_WAITING or parts[1] in _SLURM_RUNNING):
             queue[parts[0]] = parts[1]
     return queue
 
