@@ -201,36 +201,36 @@ def test_status_and_delete_incomplete_from_the_command_line(tmp_path, capsys, mo
 
 
 @pytest.mark.slow
-def test_local_sweep_runs_every_job_and_a_relaunch_finishes_what_is_missing(
+def test_local_sweep_runs_every_job_reports_failures_and_relaunch_finishes_what_is_missing(
     tmp_path, capsys, job_env
 ):
     out = tmp_path / "sweep"
-    assert main(sweep_args("launch", out)) == 0
-    jobs = Sweep(out, ["RotatedDigits"], ["ERM"], [[0], [1]], [0], [0], SHORT).jobs()
-    assert all((job.job_dir / "done").exists() for job in jobs)
-    assert [r["step"] for r in read_records(jobs[1].job_dir)] == [0, 10, 20]
+    # lr=-1 passes planning (any float) but the optimizer refuses it when the job starts
+    grid = ["hparams.lr=1e-3,-1", "--test-envs", "0"]
+    assert main(sweep_args("launch", out, *grid)) == 1
     text = capsys.readouterr().out
     assert "2 jobs: 0 done, 0 incomplete, 2 not launched" in text and "disk: 2 jobs" in text
+    assert "1 of 2 jobs did not finish" in text
+    good, bad = Sweep(
+        out, ["RotatedDigits"], ["ERM"], [[0]], [0], [0], [*SHORT, "hparams.lr=1e-3,-1"]
+    ).jobs()
+    assert (good.job_dir / "done").exists() and not (bad.job_dir / "done").exists()
+    assert [r["step"] for r in read_records(good.job_dir)] == [0, 10, 20]
 
-    # the same command again runs only what is missing
-    finished = (jobs[0].job_dir / "results.jsonl").read_text()
-    shutil.rmtree(jobs[1].job_dir)
-    assert main(sweep_args("launch", out)) == 0
+    main(sweep_args("status", out, *grid))
     text = capsys.readouterr().out
-    assert "1 done, 0 incomplete, 1 not launched" in text and "launching 1 jobs" in text
-    assert (jobs[0].job_dir / "results.jsonl").read_text() == finished  # not run again
-    assert main(sweep_args("launch", out)) == 0
+    assert "2 jobs: 1 done, 1 incomplete (1 failed), 0 not launched" in text
+    assert "Invalid learning rate: -1.0" in text
+
+    # the same command again runs only what is not done
+    finished = (good.job_dir / "results.jsonl").read_text()
+    assert main(sweep_args("launch", out, *grid)) == 1
+    text = capsys.readouterr().out
+    assert "launching 1 jobs (1 of them resume)" in text and "1 of 1 jobs did not finish" in text
+    assert (good.job_dir / "results.jsonl").read_text() == finished
+    shutil.rmtree(bad.job_dir)
+    assert main(sweep_args("launch", out, "hparams.lr=1e-3", "--test-envs", "0")) == 0  # done already
     assert "nothing to launch" in capsys.readouterr().out
-
-
-def test_failed_jobs_make_launch_fail_and_status_tells_why(tmp_path, capsys, job_env):
-    out = tmp_path / "sweep"
-    # an invalid learning rate passes planning (any float) but the optimizer refuses it
-    assert main(sweep_args("launch", out, "hparams.lr=-1", "--test-envs", "0")) == 1
-    assert "1 of 1 jobs did not finish" in capsys.readouterr().out
-    main(sweep_args("status", out, "hparams.lr=-1", "--test-envs", "0"))
-    text = capsys.readouterr().out
-    assert "1 failed" in text and "Invalid learning rate: -1.0" in text
 
 
 def test_multi_gpu_launcher_gives_each_running_job_its_own_gpu(tmp_path, monkeypatch):
