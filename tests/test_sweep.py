@@ -101,6 +101,14 @@ def test_every_job_line_loads_to_the_same_job(tmp_path):
         assert spec == job.spec
 
 
+def test_output_dir_with_hydra_syntax_in_its_name(tmp_path):
+    out = tmp_path / "it's a sweep, with=signs"
+    [job] = Sweep(out, ["RotatedDigits"], ["ERM"], [[0]], [0], [0]).jobs()
+    spec = load_job(shlex.split(job.line))
+    assert spec.job_dir == job.job_dir and spec.job_dir.parent == out
+    assert spec.wandb["group"] == out.name
+
+
 def test_grid_expansion():
     assert expand_grid(["a=1,2", "b=x", "c=range(0,2)"]) == [
         ["a=1", "b=x", "c=0"], ["a=1", "b=x", "c=1"], ["a=2", "b=x", "c=0"], ["a=2", "b=x", "c=1"],

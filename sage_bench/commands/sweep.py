@@ -244,8 +244,12 @@ def _launch(args, sweep, launcher_overrides) -> int:
     if args.write_jobs:
         args.write_jobs.parent.mkdir(parents=True, exist_ok=True)
         args.write_jobs.write_text("".join(job.line + "\n" for job in todo))
-        print(f"wrote {len(todo)} jobs to {args.write_jobs}; submit them with e.g.")
-        print(f"  sbatch --array=0-{max(len(todo) - 1, 0)}%32 slurm/array.sbatch {args.write_jobs}")
+        print(f"wrote {len(todo)} jobs to {args.write_jobs}")
+        if todo:
+            # how many run at once is up to the array's %N: assume all
+            print(estimate_disk(todo, len(todo)).describe(free_bytes(args.output_dir)))
+            print("submit them with e.g.")
+            print(f"  sbatch --array=0-{len(todo) - 1}%32 slurm/array.sbatch {args.write_jobs}")
         return 0
     if args.dry_run:
         for job in todo:

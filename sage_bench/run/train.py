@@ -106,6 +106,7 @@ def run_job(spec: JobSpec) -> Path:
     """
     job_dir = spec.job_dir
     if is_done(job_dir):
+        ckpt.discard_checkpoint(job_dir)  # left behind by a job killed as it finished
         print(f"{job_dir}: already done")
         return job_dir
     job_dir.mkdir(parents=True, exist_ok=True)

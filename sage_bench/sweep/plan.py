@@ -90,6 +90,14 @@ def expand_grid(overrides: Sequence[str]) -> list[list[str]]:
     return [list(point) for point in itertools.product(*axes)]
 
 
+def hydra_string(value: str) -> str:
+    """``value`` as a Hydra override value: quoted when it holds characters Hydra's grammar
+    reads as syntax (a comma would make a sweep, a space or a quote would not parse)."""
+    if re.fullmatch(r"[\w./@:+-]+", value):
+        return value
+    return "'" + value.replace("'", "\\'") + "'"
+
+
 def _parse(overrides: Sequence[str]) -> list[Override]:
     try:
         return OverridesParser.create().parse_overrides(list(overrides))
@@ -180,18 +188,17 @@ class Sweep:
         output_dir: Path,
     ) -> Iterator[SweepJob]:
         given = _override_keys(point)
-        tail = [*point, f"output_dir={output_dir}"]
+        tail = [*point, f"output_dir={hydra_string(str(output_dir))}"]
         if "progress" not in given:
             tail.append("progress=false")
         if "wandb.group" not in given:
-            tail.append(f"wandb.group={self.group}")
+            tail.append(f"wandb.group={hydra_string(self.group)}")
         # Composing is slow (~50 ms); compose once and set the per-job keys, which is what
         # Hydra does with ``key=value`` overrides of these plain top-level keys.
         base = compose_job_config([f"dataset={dataset}", f"algorithm={algorithm}", *tail])
         if re.fullmatch(r"cuda(:\d+)?", str(base.device)):
-            base.device = (
-                "cpu"  # validate here without a GPU; the job resolves its device where it runs
-            )
+            # validate here, without a GPU; the job resolves its device where it runs
+            base.device = "cpu"
         for test_envs, hparams_seed, trial_seed in itertools.product(
             env_sets, self.hparams_seeds, self.trial_seeds
         ):
