@@ -13,6 +13,7 @@ COMMANDS = [
     "sage_bench.commands.download",
     "sage_bench.commands.data",
     "sage_bench.commands.collect",
+    "sage_bench.commands.sweep",
 ]
 
 
@@ -35,7 +36,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sage_bench.errors import UserError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # Subcommands that set ``overrides_anywhere`` take key=value words between their options.
+        if not getattr(args, "overrides_anywhere", False) or any(e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     try:
         return int(args.func(args) or 0)
     except UserError as exc:

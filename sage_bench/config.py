@@ -31,6 +31,16 @@ AUTOCAST_CHOICES = ("bf16", "none")
 
 
 @dataclass
+class WandbSchema:
+    """``wandb.*`` keys: see ``sage_bench.run.tracking``."""
+
+    mode: Any = "off"  # Any: YAML 1.1 reads an unquoted ``off`` as ``False``
+    project: str = "sage-bench"
+    entity: str | None = None
+    group: str | None = None
+
+
+@dataclass
 class TrainSchema:
     """Types of the top-level keys of ``configs/config.yaml`` (values live in the YAML)."""
 
@@ -55,6 +65,8 @@ class TrainSchema:
     tf32: bool = MISSING
     compile: bool = MISSING
     experiment: Any = None
+    save_final_model: bool = MISSING
+    wandb: WandbSchema = field(default_factory=WandbSchema)
     hparams: dict[str, Any] = field(default_factory=dict)
 
 
@@ -167,6 +179,8 @@ class JobSpec:
     autocast: str = "bf16"  # mixed precision of forward passes on CUDA: bf16 or none
     tf32: bool = True  # TF32 matrix products on CUDA
     compile: bool = False  # torch.compile the network
+    save_final_model: bool = False
+    wandb: dict[str, Any] = field(default_factory=lambda: {"mode": "off"})
 
     def identity(self) -> dict[str, Any]:
         """The arguments that define the job's results; their hash names its folder."""
@@ -226,6 +240,19 @@ class JobSpec:
         }
 
 
+WANDB_MODES = ("off", "auto", "offline", "online")
+
+
+def _wandb_options(node: DictConfig) -> dict[str, Any]:
+    options = OmegaConf.to_container(node, resolve=True)
+    mode = options["mode"]
+    if isinstance(mode, bool):  # YAML 1.1: off -> False, on -> True
+        mode = "auto" if mode else "off"
+    if mode not in WANDB_MODES:
+        raise ConfigError(f"bad value for 'wandb.mode': {mode!r}; valid choices: {', '.join(WANDB_MODES)}")
+    return {**options, "mode": mode}
+
+
 def job_from_config(cfg: DictConfig) -> JobSpec:
     """Validate a composed configuration into a ``JobSpec`` (raises ``ConfigError``)."""
     dataset = cfg.dataset.name
@@ -278,6 +305,7 @@ def job_from_config(cfg: DictConfig) -> JobSpec:
         overrides = OmegaConf.to_container(cfg.hparams, resolve=True)
     except InterpolationResolutionError as exc:
         raise ConfigError(f"cannot resolve the hyperparameters: {str(exc).splitlines()[0]}") from exc
+    wandb = _wandb_options(cfg.wandb)
     try:
         hparams = hp.resolve_hparams(
             algorithm, dataset, cfg.hparams_seed, cfg.trial_seed, overrides, backbone=backbone
@@ -315,6 +343,8 @@ def job_from_config(cfg: DictConfig) -> JobSpec:
         autocast=cfg.autocast,
         tf32=cfg.tf32,
         compile=cfg.compile,
+        save_final_model=cfg.save_final_model,
+        wandb=wandb,
     )
 
 

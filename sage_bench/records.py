@@ -111,3 +111,32 @@ def is_done(job_dir: str | os.PathLike) -> bool:
 def mark_done(job_dir: str | os.PathLike) -> None:
     """Write the ``done`` marker (DomainBed writes the word ``done``)."""
     (Path(job_dir) / DONE_FILE).write_text("done")
+
+
+def truncate_records(job_dir: str | os.PathLike, before_step: int) -> int:
+    """Keep only the records of steps before ``before_step``; return how many are kept.
+
+    A job resumed from a checkpoint at step ``t`` writes the records of steps ``>= t`` again,
+    so the ones an earlier attempt wrote after its checkpoint (and a line cut short by a kill)
+    are dropped first; no step is ever recorded twice. The kept lines are unchanged, byte for
+    byte, and the file is replaced atomically.
+    """
+    path = Path(job_dir) / RESULTS_FILE
+    if not path.exists():
+        return 0
+    kept = []
+    with open(path, "rb") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] < before_step:
+                kept.append(line if line.endswith(b"\n") else line + b"\n")
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.writelines(kept)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return len(kept)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 EPILOG = """\
 overrides are Hydra's key=value, for example:
@@ -43,6 +44,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     from sage_bench.run import run_job
+    from sage_bench.run.checkpoint import JobInterrupted
 
-    print(run_job(spec))
+    try:
+        print(run_job(spec))
+    except JobInterrupted as exc:
+        print(f"sage-bench: {spec.job_dir}: {exc}; the same command resumes it", file=sys.stderr)
+        return 128 + exc.signum  # as a shell reports a process ended by that signal
     return 0

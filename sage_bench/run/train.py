@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import resource
 import sys
@@ -34,12 +35,21 @@ from sage_bench.records import (
     append_record,
     is_done,
     mark_done,
+    truncate_records,
 )
 from sage_bench.run.accelerate import accelerate
+from sage_bench.run import checkpoint as ckpt
 from sage_bench.run.evaluate import accuracy
+from sage_bench.run.lock import job_lock
+from sage_bench.run.tracking import Tracker
 from sage_bench.seeding import seed_everything, seed_hash
 
 JOB_FILE = "job.json"
+MODEL_FILE = "model.pt"  # the final model, kept when save_final_model=true
+_SCHEDULER_VARIABLES = (
+    "SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT",
+    "CUDA_VISIBLE_DEVICES",
+)  # fmt: skip
 
 
 class _TqdmHandler(logging.Handler):
@@ -90,21 +100,37 @@ def _format_row(values: list, width: int = 12) -> str:
 def run_job(spec: JobSpec) -> Path:
     """Train ``spec`` and write its folder ``spec.job_dir``; return that folder.
 
-    A finished job (its ``done`` marker exists) is not run again.
+    A finished job (its ``done`` marker exists) is not run again; an unfinished one resumes
+    from its checkpoint. SIGTERM, SIGUSR2 or Ctrl-C stop the job after the current step with
+    a checkpoint saved (``JobInterrupted``). Raises ``JobAlreadyRunning`` when another process
+    runs the job.
     """
     job_dir = spec.job_dir
     if is_done(job_dir):
+        ckpt.discard_checkpoint(job_dir)  # left behind by a job killed as it finished
         print(f"{job_dir}: already done")
         return job_dir
     job_dir.mkdir(parents=True, exist_ok=True)
-    (job_dir / ERROR_FILE).unlink(missing_ok=True)
-    with _job_logger(job_dir) as log:
-        try:
-            _train(spec, job_dir, log)
-        except BaseException as exc:
-            (job_dir / ERROR_FILE).write_text("".join(traceback.format_exception(exc)))
-            log.error(f"job failed: {type(exc).__name__}: {exc}")
-            raise
+    with job_lock(job_dir):
+        if is_done(job_dir):  # finished by another process while this one waited for the lock
+            print(f"{job_dir}: already done")
+            return job_dir
+        with _job_logger(job_dir) as log, Tracker(log) as tracker, ckpt.StopSignals() as stop:
+            (job_dir / ERROR_FILE).unlink(missing_ok=True)
+            try:
+                try:
+                    _train(spec, job_dir, log, stop, tracker)
+                except ckpt.UnusableCheckpoint as exc:
+                    log.warning(f"{exc}; starting again from step 0")
+                    ckpt.discard_checkpoint(job_dir)
+                    _train(spec, job_dir, log, stop, tracker)
+            except ckpt.JobInterrupted as exc:
+                log.warning(f"job {exc}; running it again resumes from there")
+                raise
+            except BaseException as exc:
+                (job_dir / ERROR_FILE).write_text("".join(traceback.format_exception(exc)))
+                log.error(f"job failed: {type(exc).__name__}: {exc}")
+                raise
     return job_dir
 
 
@@ -116,6 +142,10 @@ def _describe(spec: JobSpec, log: logging.Logger) -> None:
     log.info(f"\tTorchvision: {torchvision.__version__}")
     log.info(f"\tCUDA: {torch.version.cuda}")
     log.info(f"\tNumPy: {np.__version__}")
+    log.info(f"\tHost: {platform.node()} (pid {os.getpid()})")
+    for variable in _SCHEDULER_VARIABLES:
+        if variable in os.environ:
+            log.info(f"\t{variable}: {os.environ[variable]}")
     log.info("Args:")
     for key, value in sorted(spec.record_args().items()):
         log.info(f"\t{key}: {value}")
@@ -124,10 +154,21 @@ def _describe(spec: JobSpec, log: logging.Logger) -> None:
         log.info(f"\t{key}: {value}")
 
 
-def _train(spec: JobSpec, job_dir: Path, log: logging.Logger) -> None:
+def _run_name(spec: JobSpec) -> str:
+    return (
+        f"{spec.algorithm} {spec.dataset} test_envs={spec.test_envs} "
+        f"hparams_seed={spec.hparams_seed} trial_seed={spec.trial_seed}"
+    )
+
+
+def _train(
+    spec: JobSpec, job_dir: Path, log: logging.Logger, stop: ckpt.StopSignals, tracker: Tracker
+) -> None:
     _describe(spec, log)
     (job_dir / JOB_FILE).write_text(json.dumps(spec.record_args(), indent=2, sort_keys=True))
-    (job_dir / RESULTS_FILE).unlink(missing_ok=True)  # an unfinished earlier attempt starts over
+    resume = ckpt.load_checkpoint(job_dir, spec.job_id, spec.steps)  # None: start at step 0
+    start_step = resume.step if resume else 0
+    tracker.start(spec.wandb, job_dir, _run_name(spec), {**spec.record_args(), "hparams": spec.hparams})
 
     seed_everything(spec.seed)
     device = torch.device(spec.device)
@@ -146,6 +187,7 @@ def _train(spec: JobSpec, job_dir: Path, log: logging.Logger) -> None:
             splits[i].in_split,
             batch_size,
             seed=seed_hash(spec.seed, "train_loader", i),
+            start_step=start_step,
             num_workers=spec.num_workers,
             pin_memory=pin,
         )
@@ -178,8 +220,17 @@ def _train(spec: JobSpec, job_dir: Path, log: logging.Logger) -> None:
     log.info(_format_row(header))
 
     interval: dict[str, list[float]] = defaultdict(list)
+    if resume:
+        ckpt.restore_checkpoint(resume, algorithm, optimizer)  # the RNGs too: nothing random may follow
+        interval.update(resume.interval)
+        kept = truncate_records(job_dir, start_step)
+        log.info(f"resumed from the checkpoint before step {start_step} ({kept} records kept)")
+    else:
+        (job_dir / RESULTS_FILE).unlink(missing_ok=True)  # an unfinished earlier attempt starts over
     bar = tqdm(
-        range(spec.steps),
+        range(start_step, spec.steps),
+        initial=start_step,
+        total=spec.steps,
         desc=f"{spec.algorithm} {spec.dataset} test_envs={spec.test_envs}",
         disable=not spec.progress,
         dynamic_ncols=True,
@@ -198,7 +249,8 @@ def _train(spec: JobSpec, job_dir: Path, log: logging.Logger) -> None:
         if "loss" in stats:
             bar.set_postfix(loss=f"{stats['loss']:.4f}", refresh=False)
 
-        if step % spec.checkpoint_freq == 0 or step == spec.steps - 1:
+        last = step == spec.steps - 1
+        if step % spec.checkpoint_freq == 0 or last:
             record: dict = {"step": step, "epoch": step / steps_per_epoch}
             for key, values in interval.items():
                 record[key] = float(np.mean(values))
@@ -208,6 +260,7 @@ def _train(spec: JobSpec, job_dir: Path, log: logging.Logger) -> None:
             record["hparams"] = hparams
             record["args"] = spec.record_args()
             append_record(job_dir, record)
+            tracker.log({k: v for k, v in record.items() if k not in ("hparams", "args")}, step)
             interval = defaultdict(list)
             log.info(
                 _format_row(
@@ -221,6 +274,14 @@ def _train(spec: JobSpec, job_dir: Path, log: logging.Logger) -> None:
                     ]
                 )
             )
+        if not last and (step % spec.checkpoint_freq == 0 or stop.received is not None):
+            ckpt.save_checkpoint(job_dir, spec.job_id, step + 1, algorithm, optimizer, interval)
+            if stop.received is not None:
+                raise ckpt.JobInterrupted(stop.received, step + 1)
     bar.close()
+    if spec.save_final_model:
+        model = {"algorithm": algorithm.state_dict(), "args": spec.record_args(), "hparams": hparams}
+        torch.save(model, job_dir / MODEL_FILE)
     mark_done(job_dir)
+    ckpt.discard_checkpoint(job_dir)
     log.info(f"done: {job_dir}")

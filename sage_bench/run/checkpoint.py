@@ -1,0 +1,261 @@
+"""Resumable checkpoints of a running job, and stopping cleanly when a signal asks to.
+
+A checkpoint holds everything an uninterrupted run would still have in memory at a step
+boundary: the algorithm's ``state_dict`` (the network and any state of the algorithm's own),
+the optimizer's ``state_dict``, the Python, NumPy, torch and CUDA random-number generators, the
+number of the next step (which is also the loaders' state: batch ``t`` of a training loader
+depends only on its seed and ``t``), and the values the algorithm's ``update`` returned since
+the last record (the next record averages them). A run resumed from it writes the same
+``results.jsonl`` values as one that was never stopped (on the CPU; ``step_time`` and ``mem_gb``
+measure the machine, not the run).
+
+The file is written to a temporary name and renamed over the previous one, so a job killed
+while saving leaves the previous checkpoint intact. It is read with
+``torch.load(weights_only=True)``, which unpickles nothing but tensors and plain containers; a
+file that cannot be read, or that belongs to another job, is an ``UnusableCheckpoint``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import numpy as np
+import torch
+
+CHECKPOINT_FILE = "checkpoint.pt"
+FORMAT = "sage-bench checkpoint"
+VERSION = 1
+
+# Signals that stop a job after the current step: SLURM and most schedulers send SIGTERM before
+# killing a job (preemption, scancel, requeue); submitit asks for SLURM's pre-timeout signal as
+# SIGUSR2 (``--signal=USR2@90``); SIGINT is Ctrl-C.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)
+
+
+class UnusableCheckpoint(Exception):
+    """A checkpoint file that cannot be resumed from: corrupt, foreign, or another job's."""
+
+
+class JobInterrupted(Exception):
+    """The job stopped after a step because a signal asked it to; its checkpoint is saved."""
+
+    def __init__(self, signum: int, next_step: int):
+        self.signum = signum
+        self.next_step = next_step
+        name = signal.Signals(signum).name
+        super().__init__(f"stopped by {name} before step {next_step}; the checkpoint is saved")
+
+
+@dataclass
+class Checkpoint:
+    """The state of a job at the start of step ``step``."""
+
+    step: int
+    interval: dict[str, list[float]]
+    algorithm: dict[str, Any]
+    optimizer: dict[str, Any]
+    rng: dict[str, Any]
+
+
+def checkpoint_path(job_dir: str | os.PathLike) -> Path:
+    return Path(job_dir) / CHECKPOINT_FILE
+
+
+# -- random-number generators ----------------------------------------------------------------
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """The state of every global generator, in types ``torch.load(weights_only=True)`` reads."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Put every global generator back into a state from ``capture_rng_state``."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# -- saving and loading ----------------------------------------------------------------------
+
+
+def save_checkpoint(
+    job_dir: str | os.PathLike,
+    job_id: str,
+    step: int,
+    algorithm: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    interval: Mapping[str, list[float]],
+) -> Path:
+    """Save the state at the start of ``step`` atomically (write, then rename); return the path."""
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "job_id": job_id,
+        "step": step,
+        "interval": {key: list(values) for key, values in interval.items()},
+        "algorithm": algorithm.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "rng": capture_rng_state(),
+    }
+    path = checkpoint_path(job_dir)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _check(condition: bool, path: Path, reason: str) -> None:
+    if not condition:
+        raise UnusableCheckpoint(f"checkpoint {path} is unusable: {reason}")
+
+
+def load_checkpoint(job_dir: str | os.PathLike, job_id: str, steps: int) -> Checkpoint | None:
+    """The checkpoint of job ``job_id`` in ``job_dir``, or ``None`` when there is none.
+
+    Raises ``UnusableCheckpoint`` for a file that cannot be read safely, was not written by
+    sage-bench, belongs to another job or to a step outside ``[1, steps]``.
+    """
+    path = checkpoint_path(job_dir)
+    path.with_name(path.name + ".tmp").unlink(missing_ok=True)  # an interrupted save
+    if not path.exists():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt archive, truncated file, or objects weights_only refuses
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise UnusableCheckpoint(
+            f"checkpoint {path} cannot be read ({type(exc).__name__}: {reason})"
+        ) from exc
+    _check(
+        isinstance(payload, dict) and payload.get("format") == FORMAT,
+        path,
+        "not a sage-bench checkpoint",
+    )
+    _check(
+        payload.get("version") == VERSION,
+        path,
+        f"format version {payload.get('version')!r}, expected {VERSION}",
+    )
+    _check(
+        payload.get("job_id") == job_id,
+        path,
+        f"it belongs to job {payload.get('job_id')!r}, not {job_id!r}",
+    )
+    step = payload.get("step")
+    _check(
+        isinstance(step, int) and 0 < step <= steps, path, f"step {step!r} is outside 1..{steps}"
+    )
+    interval = payload.get("interval")
+    _check(
+        isinstance(interval, dict) and all(isinstance(v, list) for v in interval.values()),
+        path,
+        "no partial averages",
+    )
+    for key in ("algorithm", "optimizer", "rng"):
+        _check(isinstance(payload.get(key), dict), path, f"no {key} state")
+    return Checkpoint(
+        step=step,
+        interval={key: [float(v) for v in values] for key, values in interval.items()},
+        algorithm=payload["algorithm"],
+        optimizer=payload["optimizer"],
+        rng=payload["rng"],
+    )
+
+
+def restore_checkpoint(
+    checkpoint: Checkpoint, algorithm: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> None:
+    """Load the algorithm, optimizer and generator states; the generators last, so call this
+    right before the first step. Raises ``UnusableCheckpoint`` when a state does not fit (the
+    algorithm and optimizer may then be partly overwritten: build them again)."""
+    try:
+        algorithm.load_state_dict(checkpoint.algorithm)
+        optimizer.load_state_dict(checkpoint.optimizer)
+        restore_rng_state(checkpoint.rng)
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnusableCheckpoint(f"checkpoint does not fit this job: {reason}") from exc
+
+
+def discard_checkpoint(job_dir: str | os.PathLike) -> None:
+    """Delete the checkpoint of a job (and any half-written one)."""
+    path = checkpoint_path(job_dir)
+    path.unlink(missing_ok=True)
+    path.with_name(path.name + ".tmp").unlink(missing_ok=True)
+
+
+# -- stopping on a signal --------------------------------------------------------------------
+
+
+class StopSignals:
+    """Within this context, SIGTERM, SIGUSR2 and SIGINT set ``received`` instead of stopping the
+    process, so the training loop can finish its step, save a checkpoint and stop.
+
+    A second Ctrl-C stops at once (``KeyboardInterrupt``). On exit the previous handlers come
+    back. Outside the main thread, where Python cannot handle signals, this does nothing.
+    """
+
+    def __init__(self, signals: tuple[int, ...] = STOP_SIGNALS):
+        self.signals = signals
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGINT and self.received == signal.SIGINT:
+            raise KeyboardInterrupt
+        if self.received is None:
+            self.received = signum
+            name = signal.Signals(signum).name
+            again = " (Ctrl-C again to stop now)" if signum == signal.SIGINT else ""
+            print(
+                f"sage-bench: {name}: stopping after this step{again}", file=sys.stderr, flush=True
+            )
+
+    def __enter__(self) -> StopSignals:
+        for signum in self.signals:
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread
+                break
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous.clear()

@@ -1,0 +1,184 @@
+"""How much disk a sweep needs, said before it launches.
+
+A finished job keeps its records (``results.jsonl``), its log and arguments, and its final model
+only when ``save_final_model=true``; its checkpoint is deleted when it finishes. While it runs
+it also holds one checkpoint: the network's weights and the optimizer's state. The sweep needs
+what its jobs keep plus one checkpoint per job that runs at the same time.
+
+Weights and optimizer state are measured, not guessed: the network and optimizer of each
+distinct (data set, backbone, optimizer) are built on PyTorch's ``meta`` device, which has
+shapes but no memory, and take one step there.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from sage_bench.config import JobSpec
+from sage_bench.sweep.plan import SweepJob
+
+_LOG_BYTES = 4096  # out.txt's header (environment, arguments, hyperparameters), launch.json, done
+_LOG_ROW_BYTES = 100  # one row of out.txt per record
+_EXTRA_FLOATS = 8  # room for the floats an algorithm's update returns besides the loss
+_WANDB_BYTES = 1 << 20  # an offline wandb run of one job, roughly
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError
+
+
+def _record_steps(spec: JobSpec) -> int:
+    return len(set(range(0, spec.steps, spec.checkpoint_freq)) | {spec.steps - 1})
+
+
+def kept_bytes(spec: JobSpec) -> int:
+    """What a finished job keeps, final model aside (an upper estimate)."""
+    n_envs = _n_envs(spec)
+    a_float = 0.12345678901234567
+    record = {
+        "step": spec.steps,
+        "epoch": a_float,
+        "loss": a_float,
+        "step_time": a_float,
+        "mem_gb": a_float,
+    }
+    record.update({f"extra_{i}": a_float for i in range(_EXTRA_FLOATS)})
+    record.update({f"env{i}_{s}_acc": a_float for i in range(n_envs) for s in ("in", "out")})
+    record.update({"hparams": spec.hparams, "args": spec.record_args()})
+    record_bytes = len(json.dumps(record, sort_keys=True, default=str)) + 1
+    args_bytes = len(json.dumps(spec.record_args(), indent=2, sort_keys=True, default=str))
+    n_records = _record_steps(spec)
+    total = n_records * (record_bytes + _LOG_ROW_BYTES) + 2 * args_bytes + _LOG_BYTES
+    if spec.wandb.get("mode", "off") != "off":
+        total += _WANDB_BYTES
+    return total
+
+
+def _n_envs(spec: JobSpec) -> int:
+    from sage_bench.data import get_dataset_class
+
+    return len(get_dataset_class(spec.dataset).ENVIRONMENTS)
+
+
+def _tensor_bytes(value: object) -> int:
+    return value.numel() * value.element_size() if isinstance(value, torch.Tensor) else 0
+
+
+def model_bytes(spec: JobSpec) -> tuple[int, int]:
+    """(weights, optimizer state) of the job's network, in bytes, measured on the meta device."""
+    from sage_bench.data import get_dataset_class
+    from sage_bench.models import build_network
+    from sage_bench.optim import build_optimizer
+
+    dataset = get_dataset_class(spec.dataset)(
+        str(spec.data_dir), spec.test_envs, spec.hparams, **spec.dataset_options
+    )
+    with torch.device("meta"):
+        network = build_network(
+            spec.backbone,
+            dataset.input_shape,
+            dataset.num_classes,
+            spec.hparams,
+            **spec.backbone_options,
+        )
+        optimizer = build_optimizer(
+            spec.optimizer, network.parameters(), spec.hparams, **spec.optimizer_options
+        )
+        for p in network.parameters():
+            if p.requires_grad:
+                p.grad = torch.zeros_like(p)
+        optimizer.step()
+    weights = sum(_tensor_bytes(v) for v in network.state_dict().values())
+    state = optimizer.state_dict()["state"]
+    optimizer_bytes = sum(
+        _tensor_bytes(v) for per_param in state.values() for v in per_param.values()
+    )
+    return weights, optimizer_bytes
+
+
+def _model_key(spec: JobSpec) -> str:
+    return json.dumps(
+        [
+            spec.dataset,
+            spec.dataset_options,
+            spec.backbone,
+            spec.backbone_options,
+            spec.optimizer,
+            spec.optimizer_options,
+        ],
+        sort_keys=True,
+        default=str,
+    )
+
+
+@dataclass
+class DiskEstimate:
+    """What a sweep's jobs will write, in bytes."""
+
+    n_jobs: int
+    kept: int  # by all the jobs once finished (records, logs, final models)
+    checkpoint: int  # the largest checkpoint of one running job
+    concurrency: int  # jobs that may run at the same time
+    unmeasured: list[str] = field(default_factory=list)  # why some checkpoints could not be sized
+
+    @property
+    def needed(self) -> int:
+        return self.kept + min(self.concurrency, self.n_jobs) * self.checkpoint
+
+    def describe(self, free: int | None = None) -> str:
+        if self.n_jobs == 0:
+            return "disk: nothing to launch"
+        running = min(self.concurrency, self.n_jobs)
+        text = (
+            f"disk: {self.n_jobs} jobs keep {format_bytes(self.kept)} once finished "
+            f"({format_bytes(self.kept / self.n_jobs)} each); while running, a job also holds a "
+            f"checkpoint of up to {format_bytes(self.checkpoint)} (deleted when it finishes), "
+            f"{running} at a time: {format_bytes(self.needed)} needed"
+        )
+        if free is not None:
+            text += f", {format_bytes(free)} free"
+        for reason in self.unmeasured:
+            text += f"\n  checkpoint size unknown for {reason}"
+        return text
+
+
+def estimate_disk(jobs: Sequence[SweepJob], concurrency: int) -> DiskEstimate:
+    """The disk that ``jobs`` need when at most ``concurrency`` of them run at once."""
+    sizes: dict[str, tuple[int, int] | None] = {}
+    unmeasured = []
+    kept = 0
+    largest_checkpoint = 0
+    for job in jobs:
+        spec = job.spec
+        key = _model_key(spec)
+        if key not in sizes:
+            try:
+                sizes[key] = model_bytes(spec)
+            except Exception as exc:  # e.g. data or weights missing on this machine
+                sizes[key] = None
+                unmeasured.append(f"{spec.dataset} / {spec.backbone} ({type(exc).__name__}: {exc})")
+        kept += kept_bytes(spec)
+        if sizes[key] is not None:
+            weights, optimizer_state = sizes[key]
+            largest_checkpoint = max(largest_checkpoint, weights + optimizer_state)
+            if spec.save_final_model:
+                kept += weights
+    return DiskEstimate(len(jobs), kept, largest_checkpoint, concurrency, unmeasured)
+
+
+def free_bytes(path: Path) -> int:
+    """Free space on the file system that holds ``path`` (or its nearest existing parent)."""
+    path = Path(path).resolve()
+    while not path.exists():
+        path = path.parent
+    return shutil.disk_usage(path).free
