@@ -12,6 +12,7 @@ COMMANDS = [
     "sage_bench.commands.train",
     "sage_bench.commands.download",
     "sage_bench.commands.data",
+    "sage_bench.commands.analyze",
 ]
 
 

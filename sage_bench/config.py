@@ -54,6 +54,7 @@ class TrainSchema:
     autocast: str = MISSING
     tf32: bool = MISSING
     compile: bool = MISSING
+    test_grad_cosine_freq: int = MISSING
     experiment: Any = None
     hparams: dict[str, Any] = field(default_factory=dict)
 
@@ -167,6 +168,7 @@ class JobSpec:
     autocast: str = "bf16"  # mixed precision of forward passes on CUDA: bf16 or none
     tf32: bool = True  # TF32 matrix products on CUDA
     compile: bool = False  # torch.compile the network
+    test_grad_cosine_freq: int = 0  # N > 0: log the cosine with the held-out domains' gradient every N steps
 
     def identity(self) -> dict[str, Any]:
         """The arguments that define the job's results; their hash names its folder."""
@@ -269,6 +271,10 @@ def job_from_config(cfg: DictConfig) -> JobSpec:
     num_workers = cfg.num_workers if cfg.num_workers is not None else dataset_cls.N_WORKERS
     if num_workers < 0:
         raise ConfigError(f"bad value for 'num_workers': must be >= 0, got {num_workers}")
+    if cfg.test_grad_cosine_freq < 0:
+        raise ConfigError(
+            f"bad value for 'test_grad_cosine_freq': must be >= 0 (0: off), got {cfg.test_grad_cosine_freq}"
+        )
     if cfg.eval_batch_size < 1:
         raise ConfigError(f"bad value for 'eval_batch_size': must be >= 1, got {cfg.eval_batch_size}")
 
@@ -315,6 +321,7 @@ def job_from_config(cfg: DictConfig) -> JobSpec:
         autocast=cfg.autocast,
         tf32=cfg.tf32,
         compile=cfg.compile,
+        test_grad_cosine_freq=cfg.test_grad_cosine_freq,
     )
 
 
