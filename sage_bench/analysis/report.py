@@ -29,13 +29,25 @@ def to_plain(value: Any) -> Any:
     if hasattr(value, "detach"):
         value = value.detach().cpu().numpy()
     if isinstance(value, np.ndarray):
-        return value.tolist()
+        return to_plain(value.tolist())
     if isinstance(value, np.generic):
-        return value.item()
+        return to_plain(value.item())
     if isinstance(value, dict):
         return {str(k): to_plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [to_plain(v) for v in value]
+    return value
+
+
+def _json_ready(value: Any) -> Any:
+    """``to_plain``, with NaN and infinities as ``null`` (strict JSON has no such numbers)."""
+    value = to_plain(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_ready(v) for v in value]
     return value
 
 
@@ -67,7 +79,7 @@ class Row:
     quantity: str
     computed: Any
     paper: Any = None  # None: the paper states no value for it
-    tol: float = 0.0  # absolute tolerance of the comparison (the paper's rounding)
+    tol: float | Sequence[float] = 0.0  # absolute tolerance (the paper's rounding), per entry if a list
     note: str = ""
 
     @property
@@ -210,9 +222,9 @@ class Report:
             "notes": self.notes,
             "disagreements": self.disagreements(),
             "figures": [p.name for p in self.figures],
-            "data": to_plain(self.data),
+            "data": self.data,
         }
-        self.summary_path.write_text(json.dumps(summary, indent=2, allow_nan=True) + "\n")
+        self.summary_path.write_text(json.dumps(_json_ready(summary), indent=2, allow_nan=False) + "\n")
         return self.summary_path
 
 

@@ -145,7 +145,7 @@ def sharpness(network: nn.Module, x: torch.Tensor, y: torch.Tensor, perturbation
     e = perturbation(params, [g.detach() for g in grads])
     with torch.no_grad(), perturbed(params, e):
         loss_perturbed = F.cross_entropy(network(x), y)
-    return float(loss_perturbed - loss)
+    return float(loss_perturbed - loss.detach())
 
 
 def spread(values: list[float]) -> float:
