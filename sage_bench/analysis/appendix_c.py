@@ -285,7 +285,7 @@ def run(
     )
     report.add(
         section,
-        Row("loss rise per delta^2 along theta_inv, lambda_max/2", eigenvalues[-1] / 2, stated(5), rounding(0), "'5 delta^2'"),
+        Row("loss rise per delta^2 along theta_inv, H_bar[inv]/2", h_bar[0, 0] / 2, stated(5), rounding(0), "'5 delta^2'"),
     )
     largest_m = min(1 / exact["curvature_term"], exact["alignment_term"])
     report.add(

@@ -49,7 +49,6 @@ from sage_bench.geometry import (
 NAME = "scale-invariance"
 
 
-
 def circles(n: int, noise: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """scikit-learn's two concentric circles (inner radius half the outer), points jittered by
     Gaussian noise of standard deviation ``noise``."""

@@ -113,7 +113,6 @@ def agreement(g1: torch.Tensor, g2: torch.Tensor) -> float:
     return float(mean_pairwise_cosine([[g1], [g2]]))
 
 
-
 @dataclass(frozen=True)
 class Dynamics:
     """Step size, length and the methods' own hyperparameters."""
@@ -143,20 +142,18 @@ def run_method(
     seeds run side by side; each has its own generator, so a seed's path does not depend on
     which other seeds run with it.
     """
-    theta = torch.nn.Parameter(
-        torch.tensor([dynamics.start] * len(seeds), dtype=torch.float64)
-    )
+    theta = torch.tensor([dynamics.start] * len(seeds), dtype=torch.float64)
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
-    path = [theta.detach().clone()]
+    path = [theta.clone()]
     for _ in range(dynamics.steps):
-        g1, g2 = toy.domain_grads(theta.detach())
+        g1, g2 = toy.domain_grads(theta)
         direction = (g1 + g2) / 2
         if method == "SAM":
             for i in range(len(seeds)):
                 e = sam_perturbation([direction[i]], dynamics.rho)[0]
-                row = torch.nn.Parameter(theta.detach()[i])
+                row = theta[i].clone()
                 with perturbed([row], [e]):
-                    direction[i] = toy.aggregate_grad(row.detach())
+                    direction[i] = toy.aggregate_grad(row)
         elif method == "SGLD":
             for i, generator in enumerate(generators):
                 add_gaussian_noise_([direction[i]], sigma, generator)
@@ -166,9 +163,8 @@ def run_method(
                 add_gaussian_noise_([direction[i]], beta, generator)
         elif method != "ERM":
             raise ValueError(f"unknown method {method!r}")
-        with torch.no_grad():
-            theta -= dynamics.lr * direction
-        path.append(theta.detach().clone())
+        theta -= dynamics.lr * direction
+        path.append(theta.clone())
     return torch.stack(path, dim=1).numpy()
 
 
