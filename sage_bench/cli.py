@@ -14,6 +14,7 @@ COMMANDS = [
     "sage_bench.commands.data",
     "sage_bench.commands.collect",
     "sage_bench.commands.sweep",
+    "sage_bench.commands.analyze",
 ]
 
 

@@ -64,6 +64,7 @@ class TrainSchema:
     autocast: str = MISSING
     tf32: bool = MISSING
     compile: bool = MISSING
+    test_grad_cosine_freq: int = MISSING
     experiment: Any = None
     save_final_model: bool = MISSING
     wandb: WandbSchema = field(default_factory=WandbSchema)
@@ -181,6 +182,7 @@ class JobSpec:
     compile: bool = False  # torch.compile the network
     save_final_model: bool = False
     wandb: dict[str, Any] = field(default_factory=lambda: {"mode": "off"})
+    test_grad_cosine_freq: int = 0  # N > 0: log the cosine with the held-out domains' gradient every N steps
 
     def identity(self) -> dict[str, Any]:
         """The arguments that define the job's results; their hash names its folder."""
@@ -296,6 +298,10 @@ def job_from_config(cfg: DictConfig) -> JobSpec:
     num_workers = cfg.num_workers if cfg.num_workers is not None else dataset_cls.N_WORKERS
     if num_workers < 0:
         raise ConfigError(f"bad value for 'num_workers': must be >= 0, got {num_workers}")
+    if cfg.test_grad_cosine_freq < 0:
+        raise ConfigError(
+            f"bad value for 'test_grad_cosine_freq': must be >= 0 (0: off), got {cfg.test_grad_cosine_freq}"
+        )
     if cfg.eval_batch_size < 1:
         raise ConfigError(f"bad value for 'eval_batch_size': must be >= 1, got {cfg.eval_batch_size}")
 
@@ -345,6 +351,7 @@ def job_from_config(cfg: DictConfig) -> JobSpec:
         compile=cfg.compile,
         save_final_model=cfg.save_final_model,
         wandb=wandb,
+        test_grad_cosine_freq=cfg.test_grad_cosine_freq,
     )
 
 

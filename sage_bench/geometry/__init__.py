@@ -9,6 +9,7 @@ from sage_bench.geometry.domain_grads import (
 )
 from sage_bench.geometry.noise import add_gaussian_noise_, noise_scale
 from sage_bench.geometry.perturb import (
+    asam_perturbation,
     global_norm,
     perturbed,
     sam_perturbation,
@@ -21,6 +22,7 @@ __all__ = [
     "POLAR_METHODS",
     "DomainGradients",
     "add_gaussian_noise_",
+    "asam_perturbation",
     "domain_gradients",
     "global_norm",
     "mean_pairwise_cosine",

@@ -29,6 +29,32 @@ def sam_perturbation(grads: Tensors, rho: float, eps: float = 1e-12) -> list[tor
     return torch._foreach_mul(list(grads), scale)
 
 
+def asam_perturbation(
+    params: Tensors,
+    grads: Tensors,
+    rho: float,
+    eta: float = 0.01,
+    adaptive: Sequence[bool] | None = None,
+    eps: float = 1e-16,
+) -> list[torch.Tensor]:
+    """ASAM's element-wise adaptive perturbation (Kwon et al., 2021).
+
+    ``e = rho * T^2 g / (||T g|| + eps)`` with ``T = |w| + eta`` element-wise and one norm over
+    all parameters. ``adaptive[i] = False`` uses ``T = 1`` for parameter ``i`` (the authors'
+    code normalises only parameters named ``weight`` and leaves biases as SAM does); by default
+    every parameter is adaptive. ``eta`` and ``eps`` default to the authors' values.
+    """
+    if len(params) != len(grads):
+        raise ValueError("params and grads must be parallel lists")
+    adaptive = [True] * len(params) if adaptive is None else list(adaptive)
+    if len(adaptive) != len(params):
+        raise ValueError("adaptive must have one entry per parameter")
+    scales = [p.detach().abs() + eta if a else None for p, a in zip(params, adaptive, strict=True)]
+    scaled = [g if t is None else t * g for g, t in zip(grads, scales, strict=True)]  # T g
+    factor = rho / (global_norm(scaled) + eps)
+    return [factor * (s if t is None else t * s) for s, t in zip(scaled, scales, strict=True)]
+
+
 def spectral_perturbation(
     params: Tensors,
     grads: Tensors,

@@ -39,6 +39,7 @@ from sage_bench.records import (
 )
 from sage_bench.run.accelerate import accelerate
 from sage_bench.run import checkpoint as ckpt
+from sage_bench.run.alignment import HeldOutGradientProbe
 from sage_bench.run.evaluate import accuracy
 from sage_bench.run.lock import job_lock
 from sage_bench.run.tracking import Tracker
@@ -213,6 +214,10 @@ def _train(
     algorithm.train()
     accelerate(algorithm, device, autocast=spec.autocast, tf32=spec.tf32, compile=spec.compile)
 
+    probe = None  # the cosine with the held-out domains' gradient (Figure 5), when asked for
+    if spec.test_grad_cosine_freq:
+        probe = HeldOutGradientProbe([splits[i].in_split for i in spec.test_envs], batch_size, spec.seed, device)
+
     steps_per_epoch = min(len(s.in_split) / batch_size for s in splits)
     test_env = spec.test_envs[0]
     val_keys = [f"env{i}_out_acc" for i in train_envs]
@@ -242,6 +247,8 @@ def _train(
             (x.to(device, non_blocking=pin), y.to(device, non_blocking=pin))
             for x, y in (next(it) for it in train_iterators)
         ]
+        if probe is not None and step % spec.test_grad_cosine_freq == 0:
+            start += probe.measure(step, algorithm, minibatches)  # not part of the step's time
         stats = algorithm.update(minibatches)
         interval["step_time"].append(time.time() - start)
         for key, value in stats.items():
@@ -256,6 +263,8 @@ def _train(
                 record[key] = float(np.mean(values))
             for name, loader in eval_loaders:
                 record[f"{name}_acc"] = accuracy(algorithm, loader, device)
+            if probe is not None:
+                record.update(probe.record())
             record["mem_gb"] = _peak_memory_gb(device)
             record["hparams"] = hparams
             record["args"] = spec.record_args()

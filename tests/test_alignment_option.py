@@ -1,0 +1,91 @@
+"""The held-out gradient cosine (Figure 5): its value, that it leaves training alone, its plot."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import TensorDataset
+
+from sage_bench.algorithms import build_algorithm
+from sage_bench.config import load_job
+from sage_bench.errors import ConfigError
+from sage_bench.records import read_records
+from sage_bench.run import run_job
+from sage_bench.run.alignment import HeldOutGradientProbe, held_out_gradient_cosine
+from tests.nets import domains, tiny_mlp
+
+
+def test_cosine_of_mean_training_gradient_with_the_test_gradient():
+    network = tiny_mlp()
+    algorithm = build_algorithm("ERM", network, torch.optim.SGD(network.parameters(), lr=0.1))
+    algorithm.train()
+    batches = domains((4,), 3, k=4, n=6, seed=2)
+    train, test = batches[:3], batches[3:]
+    before = [p.detach().clone() for p in network.parameters()]
+
+    got = held_out_gradient_cosine(algorithm, train, test)
+
+    def flat_grad(x, y):
+        loss = F.cross_entropy(network(x), y)
+        return torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(network.parameters()))])
+
+    mean_train = torch.stack([flat_grad(x, y) for x, y in train]).mean(dim=0)
+    expected = F.cosine_similarity(mean_train, flat_grad(*test[0]), dim=0).item()
+    assert got == pytest.approx(expected, rel=1e-5)
+    assert algorithm.training  # train mode restored
+    assert all(p.grad is None for p in network.parameters())
+    assert all(torch.equal(p, b) for p, b in zip(network.parameters(), before, strict=True))
+
+
+def test_probe_leaves_the_global_generators_alone():
+    network = tiny_mlp()
+    algorithm = build_algorithm("ERM", network, torch.optim.SGD(network.parameters(), lr=0.1))
+    test_set = TensorDataset(torch.randn(20, 4), torch.randint(3, (20,)))
+    states = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
+    probe = HeldOutGradientProbe([test_set], batch_size=5, seed=0, device=torch.device("cpu"))
+    probe.measure(0, algorithm, domains((4,), 3, k=2, n=5))
+    probe.measure(3, algorithm, domains((4,), 3, k=2, n=5, seed=1))
+    assert torch.equal(torch.get_rng_state(), states[0])
+    assert np.array_equal(np.random.get_state()[1], states[1]) and random.getstate() == states[2]
+    record = probe.record()
+    assert [s for s, _ in record["test_grad_cosine_trace"]] == [0, 3]
+    assert record["test_grad_cosine"] == pytest.approx(np.mean([c for _, c in record["test_grad_cosine_trace"]]))
+    assert probe.record() == {}  # nothing measured since
+
+
+SHORT = ["steps=11", "checkpoint_freq=5", "progress=false", "hparams.batch_size=16", "algorithm=SAGE", "test_envs=[1]"]
+
+
+@pytest.mark.slow
+def test_logging_the_cosine_does_not_change_training(tmp_path):
+    from sage_bench.cli import main
+
+    plain = run_job(load_job([*SHORT, f"output_dir={tmp_path / 'plain'}"]))
+    logged = run_job(load_job([*SHORT, f"output_dir={tmp_path / 'logged'}", "test_grad_cosine_freq=2"]))
+    a, b = read_records(plain), read_records(logged)
+    compared = [k for k in a[0] if k.endswith("_acc") or k in ("loss", "perturbed_loss", "S", "beta")]
+    assert [[r[k] for k in compared] for r in a] == [[r[k] for k in compared] for r in b]
+    assert "test_grad_cosine" not in a[0]
+    steps = [s for r in b for s, _ in r["test_grad_cosine_trace"]]
+    assert steps == [0, 2, 4, 6, 8, 10]
+    assert all(-1.0 <= c <= 1.0 for r in b for _, c in r["test_grad_cosine_trace"])
+
+    out = tmp_path / "figure"
+    assert main(["analyze", "alignment", str(tmp_path), "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    (job,) = summary["data"]["jobs"].values()
+    assert job["steps"] == steps and job["algorithm"] == "SAGE" and job["test_envs"] == [1]
+    assert len(summary["notes"]) == 2  # the plain job is listed as skipped
+    assert (out / "alignment.png").exists()
+    # only jobs without the cosine: a clear error
+    assert main(["analyze", "alignment", str(tmp_path / "plain"), "--out", str(out)]) == 2
+
+
+def test_negative_frequency_is_refused():
+    with pytest.raises(ConfigError, match="test_grad_cosine_freq"):
+        load_job(["test_grad_cosine_freq=-1"])
