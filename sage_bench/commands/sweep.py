@@ -220,67 +220,12 @@ def _delete_incomplete(args, jobs, states) -> int:
 
 
 def _launch(args, sweep, launcher_overrides) -> int:
-    import importlib.util
+    from sage_bench.sweep.launch import launch_sweep
 
-    from sage_bench.errors import UserError
-    from sage_bench.sweep.disk import estimate_disk, free_bytes
-    from sage_bench.sweep.launchers import compose_launcher, make_launcher
-    from sage_bench.sweep.state import (
-        DONE,
-        NOT_LAUNCHED,
-        QUEUED,
-        RUNNING,
-        format_status,
-        sweep_states,
+    return launch_sweep(
+        sweep,
+        launcher_overrides,
+        dry_run=args.dry_run,
+        write_jobs=args.write_jobs,
+        skip_disk_check=args.skip_disk_check,
     )
-
-    launcher_cfg = compose_launcher(launcher_overrides)
-    jobs = sweep.jobs()
-    states = sweep_states(jobs)
-    print(f"sweep {sweep.group}: {format_status(jobs, states).splitlines()[0]}")
-    todo = [job for job in jobs if states[job.job_dir] not in (DONE, QUEUED, RUNNING)]
-    resumed = sum(states[job.job_dir] != NOT_LAUNCHED for job in todo)
-
-    if args.write_jobs:
-        args.write_jobs.parent.mkdir(parents=True, exist_ok=True)
-        args.write_jobs.write_text("".join(job.line + "\n" for job in todo))
-        print(f"wrote {len(todo)} jobs to {args.write_jobs}")
-        if todo:
-            # how many run at once is up to the array's %N: assume all
-            print(estimate_disk(todo, len(todo)).describe(free_bytes(args.output_dir)))
-            print("submit them with e.g.")
-            print(f"  sbatch --array=0-{len(todo) - 1}%32 slurm/array.sbatch {args.write_jobs}")
-        return 0
-    if args.dry_run:
-        for job in todo:
-            print(f"{states[job.job_dir]:<13} {job.describe()}  {job.job_dir}")
-        return 0
-    if not todo:
-        print("nothing to launch")
-        return 0
-
-    if (
-        any(job.spec.wandb.get("mode", "off") != "off" for job in todo)
-        and importlib.util.find_spec("wandb") is None
-    ):
-        raise UserError(
-            "wandb.mode is not off but wandb is not installed: pip install 'sage-bench[wandb]'"
-        )
-    launcher = make_launcher(launcher_cfg, args.output_dir)
-    estimate = estimate_disk(todo, launcher.concurrency)
-    free = free_bytes(args.output_dir)
-    print(estimate.describe(free))
-    if estimate.needed > free and not args.skip_disk_check:
-        raise UserError(
-            f"{args.output_dir} has too little free disk for this sweep; free some, choose another "
-            "--output-dir, or add --skip-disk-check"
-        )
-    print(
-        f"launching {len(todo)} jobs ({resumed} of them resume) with launcher={launcher_cfg.name}",
-        flush=True,
-    )
-    failed = launcher.launch(todo)
-    if failed:
-        print(f"{failed} of {len(todo)} jobs did not finish; `sage-bench sweep status` shows why")
-        return 1
-    return 0
