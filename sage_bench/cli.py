@@ -15,6 +15,7 @@ COMMANDS = [
     "sage_bench.commands.collect",
     "sage_bench.commands.sweep",
     "sage_bench.commands.analyze",
+    "sage_bench.commands.reproduce",
 ]
 
 

@@ -122,7 +122,7 @@ def _sage_space(family: str) -> dict[str, HParam]:
         rho = HParam(1e-6, _log_uniform(-7, -5), "spectral perturbation radius, relative to ||W||_F")
         gamma = HParam(1e-6, _log_uniform(-7, -5), "largest noise scale (at S = -1 it is 2 gamma)")
     else:
-        rho = HParam(1e-2, _log_uniform(-3, -1), "spectral perturbation radius, relative to ||W||_F")
+        rho = HParam(1e-3, _log_uniform(-4, -2), "spectral perturbation radius, relative to ||W||_F")
         gamma = HParam(1e-3, _log_uniform(-4, -2), "largest noise scale (at S = -1 it is 2 gamma)")
     return {
         "rho": rho,

@@ -98,8 +98,10 @@ def _format_row(values: list, width: int = 12) -> str:
     return "  ".join(fmt(v) for v in values)
 
 
-def run_job(spec: JobSpec) -> Path:
+def run_job(spec: JobSpec, console: bool = True) -> Path:
     """Train ``spec`` and write its folder ``spec.job_dir``; return that folder.
+
+    ``console=False`` writes the log only to the job's ``out.txt``.
 
     A finished job (its ``done`` marker exists) is not run again; an unfinished one resumes
     from its checkpoint. SIGTERM, SIGUSR2 or Ctrl-C stop the job after the current step with
@@ -109,14 +111,15 @@ def run_job(spec: JobSpec) -> Path:
     job_dir = spec.job_dir
     if is_done(job_dir):
         ckpt.discard_checkpoint(job_dir)  # left behind by a job killed as it finished
-        print(f"{job_dir}: already done")
+        if console:
+            print(f"{job_dir}: already done")
         return job_dir
     job_dir.mkdir(parents=True, exist_ok=True)
     with job_lock(job_dir):
         if is_done(job_dir):  # finished by another process while this one waited for the lock
             print(f"{job_dir}: already done")
             return job_dir
-        with _job_logger(job_dir) as log, Tracker(log) as tracker, ckpt.StopSignals() as stop:
+        with _job_logger(job_dir, console) as log, Tracker(log) as tracker, ckpt.StopSignals() as stop:
             (job_dir / ERROR_FILE).unlink(missing_ok=True)
             try:
                 try:
