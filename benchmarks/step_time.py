@@ -81,7 +81,7 @@ def measure(k: int, args) -> dict[str, list[float]]:
 
 def median_ratio(a: list[float], b: list[float]) -> float:
     """Median over rounds of ``a[i] / b[i]``."""
-    return statistics.median(x / y for x, y in zip(a, b))
+    return statistics.median(x / y for x, y in zip(a, b, strict=True))
 
 
 def main() -> None:

@@ -85,7 +85,7 @@ class SAGE(TwoPassAlgorithm):
         agreement = mean_pairwise_cosine(grads.grads)
         beta = noise_scale(agreement.item(), h["gamma"]) if h["noise"] else 0.0
         del grads.grads  # only the total is needed from here on
-        params, total = self.used(params, [g if u else None for g, u in zip(grads.total, grads.used)])
+        params, total = self.used(params, [g if u else None for g, u in zip(grads.total, grads.used, strict=True)])
 
         e = spectral_perturbation(
             params,

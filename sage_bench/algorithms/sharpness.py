@@ -70,7 +70,7 @@ class TwoPassAlgorithm(Algorithm):
     @staticmethod
     def used(params, grads) -> tuple[list[torch.nn.Parameter], list[torch.Tensor]]:
         """The parameters that received a gradient, and those gradients."""
-        pairs = [(p, g) for p, g in zip(params, grads) if g is not None]
+        pairs = [(p, g) for p, g in zip(params, grads, strict=True) if g is not None]
         return [p for p, _ in pairs], [g for _, g in pairs]
 
     def clean_grad(self, x, y) -> tuple[torch.Tensor, list[torch.nn.Parameter], list[torch.Tensor]]:
@@ -82,7 +82,7 @@ class TwoPassAlgorithm(Algorithm):
     def descend(self, params: list[torch.nn.Parameter], grads: list[torch.Tensor]) -> None:
         """Base optimizer step at the current (restored) weights with ``grads``."""
         self.optimizer.zero_grad(set_to_none=True)
-        for p, g in zip(params, grads):
+        for p, g in zip(params, grads, strict=True):
             p.grad = g
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -92,11 +92,11 @@ class TwoPassAlgorithm(Algorithm):
         freeze = frozen_batchnorm_statistics if self.freeze_bn_in_perturbed_pass else contextlib.nullcontext
         with perturbed(params, perturbation), freeze(self.network):
             loss, grads = self.loss_and_grad(x, y, params)
-        return loss, [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+        return loss, [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
 
 
 def _dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
-    return torch.stack([(u * v).sum() for u, v in zip(a, b)]).sum()
+    return torch.stack([(u * v).sum() for u, v in zip(a, b, strict=True)]).sum()
 
 
 class SAM(TwoPassAlgorithm):

@@ -105,7 +105,7 @@ def _vmap(network, params, minibatches, loss_fn, autocast):
 
     xs = torch.stack([x for x, _ in minibatches])
     ys = torch.stack([y for _, y in minibatches])
-    detached = {n: p.detach() for n, p in zip(names, params)}
+    detached = {n: p.detach() for n, p in zip(names, params, strict=True)}
     grad_dicts, losses = vmap(grad_and_value(domain_loss), in_dims=(None, 0, 0))(detached, xs, ys)
     grads = [[grad_dicts[n][k] for n in names] for k in range(len(minibatches))]
     return losses.detach().float(), grads
@@ -136,7 +136,7 @@ def domain_gradients(
     losses, grads = _METHODS[method](network, params, minibatches, loss_fn, autocast)
     used = [any(g[j] is not None for g in grads) for j in range(len(params))]
     grads = [
-        [torch.zeros_like(p) if g is None else g for p, g in zip(params, domain)] for domain in grads
+        [torch.zeros_like(p) if g is None else g for p, g in zip(params, domain, strict=True)] for domain in grads
     ]
     weights = _weights(minibatches, losses.device)
     total = _weighted_sum(grads, weights.tolist())

@@ -99,7 +99,7 @@ def spectral_perturbation(
         else:
             norms = torch.linalg.matrix_norm(stacked, keepdim=True)
             directions = stacked / norms.clamp_min(torch.finfo(stacked.dtype).tiny)
-        for direction, (i, transposed) in zip(directions, members):
+        for direction, (i, transposed) in zip(directions, members, strict=True):
             if transposed:
                 direction = direction.mT
             scale = rho * torch.linalg.vector_norm(params[i]) if layer_scale else rho
@@ -120,5 +120,5 @@ def perturbed(params: Sequence[torch.nn.Parameter], perturbation: Tensors) -> It
         yield
     finally:
         with torch.no_grad():
-            for p, original in zip(params, originals):
+            for p, original in zip(params, originals, strict=True):
                 p.copy_(original)

@@ -37,8 +37,8 @@ from sage_bench.records import (
     mark_done,
     truncate_records,
 )
-from sage_bench.run.accelerate import accelerate
 from sage_bench.run import checkpoint as ckpt
+from sage_bench.run.accelerate import accelerate
 from sage_bench.run.alignment import HeldOutGradientProbe
 from sage_bench.run.evaluate import accuracy
 from sage_bench.run.lock import job_lock
