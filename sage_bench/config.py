@@ -115,8 +115,19 @@ def _explain_composition_error(exc: Exception) -> str:
     return str(exc).splitlines()[0]
 
 
+def _store_algorithm_configs() -> None:
+    """Make every registered algorithm a choice of the ``algorithm`` config group: the
+    registry (``sage_bench.algorithms.registry``) is the one place an algorithm is named."""
+    from sage_bench.algorithms.registry import algorithms
+
+    store = ConfigStore.instance()
+    for name in algorithms():
+        store.store(group="algorithm", name=name, node={"name": name})
+
+
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
     """The Hydra configuration of a job with ``overrides`` applied (no validation yet)."""
+    _store_algorithm_configs()
     overrides = [_as_addition(o) for o in overrides]
     try:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base=None):
@@ -272,7 +283,7 @@ def job_from_config(cfg: DictConfig) -> JobSpec:
     check_backbone_options(backbone, backbone_options)
     algorithm = cfg.algorithm.name
 
-    test_envs = list(cfg.test_envs)
+    test_envs = sorted(cfg.test_envs)  # [1, 0] and [0, 1] are one job
     if not test_envs:
         raise ConfigError("test_envs must name at least one environment")
     if len(set(test_envs)) != len(test_envs):
@@ -318,6 +329,8 @@ def job_from_config(cfg: DictConfig) -> JobSpec:
         )
     except hp.HParamError as exc:
         raise ConfigError(str(exc)) from exc
+    # the overrides as the job uses them (hparams.lr=1 and hparams.lr=1.0 are one job)
+    overrides = {name: hparams[name] for name in overrides}
 
     seed = cfg.seed
     if seed is None:  # as DomainBed's sweep sets --seed

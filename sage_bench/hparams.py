@@ -8,11 +8,19 @@ values drawn for the others, and a sweep over ``hparams_seed`` is a reproducible
 
 The space of a job depends on the algorithm (its own knobs), the data set family (learning
 rate, batch size and weight decay differ between the small embedded data sets and real
-images, as in DomainBed) and the backbone (e.g. ResNet dropout).
+images, as in DomainBed) and the backbone (e.g. ResNet dropout). An algorithm's own space is
+registered with its class (``sage_bench.algorithms.registry.register_algorithm``); this module
+holds the shared and per-backbone spaces and the mechanics.
+
+Every hyperparameter declares what is valid (``Range`` for numbers, ``choices`` for strings);
+a value outside it, or a NaN or infinite number, is refused with a message that names the
+hyperparameter and its range, wherever it comes from (command line, sweep grid, random search,
+``build_algorithm``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,28 +34,68 @@ Sampler = Callable[[np.random.RandomState], Any]
 
 
 @dataclass(frozen=True)
+class Range:
+    """The valid values of a numeric hyperparameter: an interval, closed unless ``*_open``;
+    ``None`` is unbounded on that side."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        if self.high is not None and (value > self.high or (self.high_open and value == self.high)):
+            return False
+        return True
+
+    def __str__(self) -> str:
+        low = "-inf" if self.low is None else f"{self.low:g}"
+        high = "inf" if self.high is None else f"{self.high:g}"
+        left = "(" if self.low is None or self.low_open else "["
+        right = ")" if self.high is None or self.high_open else "]"
+        return f"{left}{low}, {high}{right}"
+
+
+NON_NEGATIVE = Range(0.0)
+POSITIVE = Range(0.0, low_open=True)
+AT_LEAST_ONE = Range(1)
+UNIT_INTERVAL = Range(0.0, 1.0)
+PROBABILITY_BELOW_ONE = Range(0.0, 1.0, high_open=True)
+
+
+@dataclass(frozen=True)
 class HParam:
-    """One hyperparameter: its default, how random search draws it, and what it means."""
+    """One hyperparameter: its default, how random search draws it, what it means, and what is
+    valid (``range`` for numbers; ``choices`` for strings). Numbers without a ``range`` still
+    must be finite."""
 
     default: Any
     sample: Sampler
     help: str = ""
     choices: tuple[Any, ...] | None = None
+    range: Range | None = None
 
 
 class HParamError(UserError, ValueError):
-    """An unknown hyperparameter name or a value of the wrong type."""
+    """An unknown hyperparameter name, a value of the wrong type or outside its range."""
 
 
-def _const(value: Any) -> Sampler:
+def const(value: Any) -> Sampler:
+    """A sampler that always gives ``value`` (random search leaves the hyperparameter alone)."""
     return lambda r: value
 
 
-def _log_uniform(low_exp: float, high_exp: float) -> Sampler:
+def log_uniform(low_exp: float, high_exp: float) -> Sampler:
+    """``10 ** U(low_exp, high_exp)``."""
     return lambda r: float(10 ** r.uniform(low_exp, high_exp))
 
 
-def _choice(values: list[Any]) -> Sampler:
+def choice(values: list[Any]) -> Sampler:
+    """One of ``values``, uniformly."""
     return lambda r: r.choice(values)
 
 
@@ -59,20 +107,20 @@ def _choice(values: list[Any]) -> Sampler:
 def _common_space(family: str, dataset: str | None) -> dict[str, HParam]:
     space: dict[str, HParam] = {}
     if family == "small":
-        space["lr"] = HParam(1e-3, _log_uniform(-4.5, -2.5), "learning rate")
-        space["weight_decay"] = HParam(0.0, _const(0.0), "weight decay")
+        space["lr"] = HParam(1e-3, log_uniform(-4.5, -2.5), "learning rate", range=POSITIVE)
+        space["weight_decay"] = HParam(0.0, const(0.0), "weight decay", range=NON_NEGATIVE)
         space["batch_size"] = HParam(
-            64, lambda r: int(2 ** r.uniform(3, 9)), "examples per training domain per step"
+            64, lambda r: int(2 ** r.uniform(3, 9)), "examples per training domain per step", range=AT_LEAST_ONE
         )
     else:
-        space["lr"] = HParam(5e-5, _log_uniform(-5, -3.5), "learning rate")
-        space["weight_decay"] = HParam(0.0, _log_uniform(-6, -2), "weight decay")
+        space["lr"] = HParam(5e-5, log_uniform(-5, -3.5), "learning rate", range=POSITIVE)
+        space["weight_decay"] = HParam(0.0, log_uniform(-6, -2), "weight decay", range=NON_NEGATIVE)
         high = 5.0 if dataset == "DomainNet" else 5.5
         space["batch_size"] = HParam(
-            32, lambda r: int(2 ** r.uniform(3, high)), "examples per training domain per step"
+            32, lambda r: int(2 ** r.uniform(3, high)), "examples per training domain per step", range=AT_LEAST_ONE
         )
         space["data_augmentation"] = HParam(
-            True, _const(True), "DomainBed's training augmentation on training domains"
+            True, const(True), "DomainBed's training augmentation on training domains"
         )
     return space
 
@@ -82,93 +130,35 @@ def _common_space(family: str, dataset: str | None) -> dict[str, HParam]:
 
 BACKBONE_SPACES: dict[str, Callable[[], dict[str, HParam]]] = {
     "resnet50": lambda: {
-        "resnet_dropout": HParam(0.0, _choice([0.0, 0.1, 0.5]), "dropout on the ResNet features (DomainBed)")
+        "resnet_dropout": HParam(
+            0.0, choice([0.0, 0.1, 0.5]), "dropout on the ResNet features (DomainBed)", range=PROBABILITY_BELOW_ONE
+        )
     },
 }
 
 
 # --------------------------------------------------------------------------------------------
-# Per algorithm. Each entry maps an algorithm name to a function of the data set family that
-# returns the algorithm's own hyperparameters. Where they come from:
-#
-# - SAM: rho 0.05, search {0.01, 0.02, 0.05, 0.1}: the DomainBed ports of SAM (SWAD's and
-#   SAGM's hparams_registry).
-# - GSAM: the authors publish no DomainBed setting; rho as SAM, alpha 0.01 (their ResNet-50
-#   ImageNet setting), searched over small values around it.
-# - SAGM: rho as SAM; alpha 0.001, searched over {5e-4, 1e-3, 2e-3}: the values of the authors'
-#   published per-data-set settings (1e-3 and 5e-4). Their registry lists {0.01, 0.02, 0.05, 0.1}
-#   for alpha, the same list as for rho, which their tuned values never use.
-# - DISAM: rho as SAM, lambda 0.1 (the paper's main setting; 0.2 for TerraIncognita), searched
-#   log-uniformly over [0.01, 1]; the authors' code has no random search.
-# - SAGE: the paper's DomainBed values for real images (appendix E); for the small embedded
-#   data sets, values that train them well.
+# Per algorithm: registered with each class (``sage_bench.algorithms.registry``).
 
 
-def _sam_space(family: str) -> dict[str, HParam]:
-    return {"rho": HParam(0.05, _choice([0.01, 0.02, 0.05, 0.1]), "perturbation radius")}
+@dataclass(frozen=True)
+class SpaceContext:
+    """What an algorithm's hyperparameter space may depend on: the data set family (``"small"``
+    or ``"large"``, see ``dataset_family``), the data set and the backbone (``None``: unknown,
+    e.g. a user's own model)."""
+
+    family: str = "large"
+    dataset: str | None = None
+    backbone: str | None = None
 
 
-def _gsam_space(family: str) -> dict[str, HParam]:
-    return {
-        **_sam_space(family),
-        "alpha": HParam(0.01, _choice([0.01, 0.02, 0.03]), "weight of the surrogate-gap term"),
-    }
+def algorithm_space(
+    algorithm: str, family: str = "large", dataset: str | None = None, backbone: str | None = None
+) -> dict[str, HParam]:
+    """The hyperparameters that belong to ``algorithm`` itself, in a context."""
+    from sage_bench.algorithms.registry import get_algorithm
 
-
-def _sagm_space(family: str) -> dict[str, HParam]:
-    return {
-        **_sam_space(family),
-        "alpha": HParam(0.001, _choice([0.0005, 0.001, 0.002]), "gradient-matching coefficient"),
-    }
-
-
-def _disam_space(family: str) -> dict[str, HParam]:
-    return {
-        **_sam_space(family),
-        "lambda": HParam(0.1, _log_uniform(-2, 0), "weight of the domain-loss variance"),
-    }
-
-
-def _sage_space(family: str) -> dict[str, HParam]:
-    if family == "large":  # the paper's DomainBed setting (CLIP ViT-B/16), appendix E
-        rho = HParam(1e-6, _log_uniform(-7, -5), "spectral perturbation radius, relative to ||W||_F")
-        gamma = HParam(1e-6, _log_uniform(-7, -5), "largest noise scale (at S = -1 it is 2 gamma)")
-    else:
-        rho = HParam(1e-3, _log_uniform(-4, -2), "spectral perturbation radius, relative to ||W||_F")
-        gamma = HParam(1e-3, _log_uniform(-4, -2), "largest noise scale (at S = -1 it is 2 gamma)")
-    return {
-        "rho": rho,
-        "gamma": gamma,
-        "orthogonalize": HParam(True, _const(True), "polar factor of each weight gradient (off: G/||G||_F)"),
-        "layer_scale": HParam(True, _const(True), "scale each perturbation by ||W||_F"),
-        "noise": HParam(True, _const(True), "agreement-scaled gradient noise at the descent step"),
-        "polar": HParam(
-            "quintic", _const("quintic"), "how the polar factor is computed", ("quintic", "cubic", "svd")
-        ),
-        "ns_steps": HParam(5, _const(5), "Newton-Schulz iterations"),
-        "domain_grads": HParam(
-            "chunks", _const("chunks"), "how per-domain gradients are computed", ("chunks", "concat", "vmap")
-        ),
-    }
-
-
-ALGORITHM_SPACES: dict[str, Callable[[str], dict[str, HParam]]] = {
-    "ERM": lambda family: {},
-    "SAM": _sam_space,
-    "GSAM": _gsam_space,
-    "SAGM": _sagm_space,
-    "DISAM": _disam_space,
-    "SAGE": _sage_space,
-}
-
-
-def algorithm_space(algorithm: str, family: str = "large") -> dict[str, HParam]:
-    """The hyperparameters that belong to ``algorithm`` itself, for a data set family."""
-    if algorithm not in ALGORITHM_SPACES:
-        raise HParamError(
-            f"unknown algorithm {algorithm!r}; valid choices: {', '.join(sorted(ALGORITHM_SPACES))}"
-        )
-    return ALGORITHM_SPACES[algorithm](family)
+    return get_algorithm(algorithm).space(SpaceContext(family, dataset, backbone))
 
 
 def _shared_names() -> frozenset[str]:
@@ -191,7 +181,7 @@ def hparam_space(algorithm: str, dataset: str, backbone: str | None = None) -> d
     space = _common_space(family, dataset)
     if backbone is not None and backbone in BACKBONE_SPACES:
         space.update(BACKBONE_SPACES[backbone]())
-    for name, spec in algorithm_space(algorithm, family).items():
+    for name, spec in algorithm_space(algorithm, family, dataset, backbone).items():
         if name in space:
             raise AssertionError(f"hyperparameter {name!r} of {algorithm} shadows a shared one")
         space[name] = spec
@@ -224,8 +214,17 @@ def random_hparams(
     return sample(hparam_space(algorithm, dataset, backbone), seed)
 
 
+def _in_range(name: str, spec: HParam, value: float) -> float:
+    valid = spec.range if spec.range is not None else Range()
+    if value not in valid:
+        meaning = f" ({spec.help})" if spec.help else ""
+        raise HParamError(f"hparams.{name}={value!r} is out of range: must be in {valid}{meaning}")
+    return value
+
+
 def coerce(name: str, spec: HParam, value: Any) -> Any:
-    """``value`` converted to the type of ``spec.default``, or an error that says why not."""
+    """``value`` converted to the type of ``spec.default`` and checked against its range or
+    choices, or an error that says why not."""
     default = spec.default
     if isinstance(default, bool):
         if not isinstance(value, bool):
@@ -234,11 +233,11 @@ def coerce(name: str, spec: HParam, value: Any) -> Any:
     if isinstance(default, int):
         if isinstance(value, bool) or not isinstance(value, int):
             raise HParamError(f"hparams.{name} must be an integer, got {value!r}")
-        return value
+        return _in_range(name, spec, value)
     if isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise HParamError(f"hparams.{name} must be a number, got {value!r}")
-        return float(value)
+        return _in_range(name, spec, float(value))
     if isinstance(default, str):
         if not isinstance(value, str):
             raise HParamError(f"hparams.{name} must be a string, got {value!r}")
@@ -280,6 +279,8 @@ def resolve_hparams(
         hparams = defaults(space)
     else:
         hparams = sample(space, seed_hash(hparams_seed, trial_seed))
+    for name, value in hparams.items():  # a default or draw outside its range is a bug of the space
+        coerce(name, space[name], value)
     return apply_overrides(space, hparams, overrides or {})
 
 

@@ -213,22 +213,23 @@ def test_local_sweep_runs_every_job_reports_failures_and_relaunch_finishes_what_
     tmp_path, capsys, job_env
 ):
     out = tmp_path / "sweep"
-    # lr=-1 passes planning (any float) but the optimizer refuses it when the job starts
-    grid = ["hparams.lr=1e-3,-1", "--test-envs", "0"]
+    grid = ["hparams.lr=1e-3,2e-3", "--test-envs", "0"]
+    good, bad = Sweep(
+        out, ["RotatedDigits"], ["ERM"], [[0]], [0], [0], [*SHORT, "hparams.lr=1e-3,2e-3"]
+    ).jobs()
+    # a results file that cannot be written: the second job fails once it runs
+    (bad.job_dir / "results.jsonl").mkdir(parents=True)
     assert main(sweep_args("launch", out, *grid)) == 1
     text = capsys.readouterr().out
-    assert "2 jobs: 0 done, 0 incomplete, 2 not launched" in text and "disk: 2 jobs" in text
+    assert "2 jobs: 0 done, 1 incomplete (1 interrupted), 1 not launched" in text and "disk: 2 jobs" in text
     assert "1 of 2 jobs did not finish" in text
-    good, bad = Sweep(
-        out, ["RotatedDigits"], ["ERM"], [[0]], [0], [0], [*SHORT, "hparams.lr=1e-3,-1"]
-    ).jobs()
     assert (good.job_dir / "done").exists() and not (bad.job_dir / "done").exists()
     assert [r["step"] for r in read_records(good.job_dir)] == [0, 10, 20]
 
     main(sweep_args("status", out, *grid))
     text = capsys.readouterr().out
     assert "2 jobs: 1 done, 1 incomplete (1 failed), 0 not launched" in text
-    assert "Invalid learning rate: -1.0" in text
+    assert "IsADirectoryError" in text
 
     # the same command again runs only what is not done
     finished = (good.job_dir / "results.jsonl").read_text()

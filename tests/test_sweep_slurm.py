@@ -38,7 +38,7 @@ STEPS = ["steps=100", "checkpoint_freq=25", "hparams.batch_size=16"]
 DEFINITION = [
     "--datasets", "RotatedDigits", "--algorithms", "ERM", "--test-envs", "0", "1",
     "--n-hparams", "1", "--n-trials", "1", *STEPS,
-    "hparams.lr=0.001,-1",  # -1: two jobs that fail when the optimizer is built
+    "hparams.lr=0.001,0.002",  # 0.002: two jobs made to fail (see digits_sweep)
 ]  # fmt: skip
 LAUNCHER = [
     "launcher=slurm", "launcher.gres=gpu:1g.20gb:1", "launcher.cpus_per_task=1", "launcher.mem_gb=2",
@@ -141,10 +141,12 @@ def digits_sweep(slurm, tmp_path_factory) -> Watched:
     (``scontrol requeue``, as a preemption), and sends the second its pre-timeout signal
     (SIGUSR2) so that it requeues itself; the two others fail."""
     out = tmp_path_factory.mktemp("slurm") / "digits"
-    assert main(["sweep", "launch", "--output-dir", str(out), *DEFINITION, *LAUNCHER]) == 0
     jobs = Sweep(
-        out, ["RotatedDigits"], ["ERM"], [[0], [1]], [0], [0], [*STEPS, "hparams.lr=0.001,-1"]
+        out, ["RotatedDigits"], ["ERM"], [[0], [1]], [0], [0], [*STEPS, "hparams.lr=0.001,0.002"]
     ).jobs()
+    for job in jobs[2:]:  # a results file that cannot be written: these jobs fail once they run
+        (job.job_dir / "results.jsonl").mkdir(parents=True)
+    assert main(["sweep", "launch", "--output-dir", str(out), *DEFINITION, *LAUNCHER]) == 0
     task_ids = [read_launch_record(job.job_dir)["slurm_job_id"] for job in jobs]
     watched = Watched(out, jobs, task_ids[0].split("_")[0])
     # at once: queued (or already running), and the same command again submits nothing
@@ -246,7 +248,7 @@ def test_status_reports_the_failed_jobs_with_their_error(digits_sweep, capsys):
     text = capsys.readouterr().out
     for job in digits_sweep.jobs[2:]:
         assert f"failed: {job.describe()}" in text and str(job.job_dir) in text
-    assert text.count("ValueError: Invalid learning rate: -1.0") == 2
+    assert text.count("IsADirectoryError: [Errno 21] Is a directory") == 2
 
 
 def test_relaunch_skips_done_jobs_and_delete_incomplete_removes_failed_ones(digits_sweep, capsys):

@@ -5,6 +5,9 @@ Example::
     from sage_bench.algorithms import build_algorithm
     algo = build_algorithm("ERM", my_model, torch.optim.Adam(my_model.parameters(), 1e-4))
     stats = algo.update([(x_domain1, y_domain1), (x_domain2, y_domain2)])
+
+Each algorithm is registered once, with its hyperparameter space, by
+``sage_bench.algorithms.registry.register_algorithm`` where its class is defined.
 """
 
 from __future__ import annotations
@@ -18,26 +21,20 @@ from torch import nn
 from sage_bench import hparams as hp
 from sage_bench.algorithms.base import Algorithm, Minibatches
 from sage_bench.algorithms.erm import ERM
+from sage_bench.algorithms.registry import (
+    ALGORITHMS,
+    RegisteredAlgorithm,
+    algorithms,
+    get_algorithm,
+    register_algorithm,
+)
 from sage_bench.algorithms.sage import SAGE
 from sage_bench.algorithms.sharpness import DISAM, GSAM, SAGM, SAM
-
-ALGORITHMS: dict[str, type[Algorithm]] = {
-    "ERM": ERM,
-    "SAM": SAM,
-    "GSAM": GSAM,
-    "SAGM": SAGM,
-    "DISAM": DISAM,
-    "SAGE": SAGE,
-}
 
 
 def get_algorithm_class(name: str) -> type[Algorithm]:
     """The class registered under ``name``, or an error listing the valid names."""
-    if name not in ALGORITHMS:
-        raise hp.HParamError(
-            f"unknown algorithm {name!r}; valid choices: {', '.join(sorted(ALGORITHMS))}"
-        )
-    return ALGORITHMS[name]
+    return get_algorithm(name).cls
 
 
 def build_algorithm(
@@ -46,21 +43,25 @@ def build_algorithm(
     optimizer: torch.optim.Optimizer,
     hparams: Mapping[str, Any] | None = None,
     family: str = "large",
+    *,
+    dataset: str | None = None,
+    backbone: str | None = None,
 ) -> Algorithm:
     """Wrap ``network`` and ``optimizer`` in the algorithm called ``name``.
 
     ``hparams`` may set any of the algorithm's own hyperparameters (the rest keep their
     defaults, see ``sage_bench.hparams``) and may also carry the shared ones a job has
-    (``lr``, ``batch_size``, ...), which the algorithm ignores. An unknown name or a value of
-    the wrong type is an error that lists what is valid. ``family`` picks the defaults of
-    hyperparameters that differ between small images and real images (see ``sage_bench.hparams``).
+    (``lr``, ``batch_size``, ...), which the algorithm ignores. An unknown name, a value of
+    the wrong type or out of its range is an error that says what is valid. ``family``,
+    ``dataset`` and ``backbone`` pick the defaults of hyperparameters that depend on them (see
+    ``sage_bench.hparams``).
     """
-    cls = get_algorithm_class(name)
-    space = hp.algorithm_space(name, family)
+    registered = get_algorithm(name)
+    space = registered.space(hp.SpaceContext(family, dataset, backbone))
     given = dict(hparams or {})
     own = {k: v for k, v in given.items() if k not in hp.SHARED_HPARAM_NAMES}
     resolved = hp.apply_overrides(space, hp.defaults(space), own)
-    return cls(network, optimizer, {**given, **resolved})
+    return registered.cls(network, optimizer, {**given, **resolved})
 
 
 __all__ = [
@@ -73,6 +74,10 @@ __all__ = [
     "SAM",
     "Algorithm",
     "Minibatches",
+    "RegisteredAlgorithm",
+    "algorithms",
     "build_algorithm",
+    "get_algorithm",
     "get_algorithm_class",
+    "register_algorithm",
 ]

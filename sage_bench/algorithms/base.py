@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -27,6 +27,9 @@ class Algorithm(nn.Module):
     """
 
     autocast_dtype: torch.dtype | None = None
+    # True for algorithms that take a gradient at perturbed weights (the SAM family, SAGE):
+    # their perturbation must survive the precision the forward pass computes in
+    perturbs_weights: ClassVar[bool] = False
 
     def __init__(self, network: nn.Module, optimizer: torch.optim.Optimizer, hparams: Mapping[str, Any]):
         super().__init__()

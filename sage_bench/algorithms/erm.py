@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 from sage_bench.algorithms.base import Algorithm, Minibatches, concat
+from sage_bench.algorithms.registry import register_algorithm
 
 
+@register_algorithm("ERM")
 class ERM(Algorithm):
     """Mean cross-entropy over the concatenated domain batches; one optimizer step."""
 

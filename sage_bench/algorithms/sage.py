@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from sage_bench.algorithms.base import Minibatches, concat
+from sage_bench.algorithms.registry import register_algorithm
 from sage_bench.algorithms.sharpness import TwoPassAlgorithm
 from sage_bench.geometry import (
     add_gaussian_noise_,
@@ -39,8 +40,35 @@ from sage_bench.geometry import (
     noise_scale,
     spectral_perturbation,
 )
+from sage_bench.geometry.domain_grads import DOMAIN_GRAD_METHODS
+from sage_bench.geometry.polar import POLAR_METHODS
+from sage_bench.hparams import AT_LEAST_ONE, NON_NEGATIVE, HParam, SpaceContext, const, log_uniform
 
 
+def sage_space(context: SpaceContext) -> dict[str, HParam]:
+    """SAGE's hyperparameters: the paper's DomainBed values for real images (appendix E); for
+    the small embedded data sets, values that train them well."""
+    if context.family == "large":
+        rho = HParam(1e-6, log_uniform(-7, -5), "spectral perturbation radius, relative to ||W||_F", range=NON_NEGATIVE)
+        gamma = HParam(1e-6, log_uniform(-7, -5), "largest noise scale (at S = -1 it is 2 gamma)", range=NON_NEGATIVE)
+    else:
+        rho = HParam(1e-3, log_uniform(-4, -2), "spectral perturbation radius, relative to ||W||_F", range=NON_NEGATIVE)
+        gamma = HParam(1e-3, log_uniform(-4, -2), "largest noise scale (at S = -1 it is 2 gamma)", range=NON_NEGATIVE)
+    return {
+        "rho": rho,
+        "gamma": gamma,
+        "orthogonalize": HParam(True, const(True), "polar factor of each weight gradient (off: G/||G||_F)"),
+        "layer_scale": HParam(True, const(True), "scale each perturbation by ||W||_F"),
+        "noise": HParam(True, const(True), "agreement-scaled gradient noise at the descent step"),
+        "polar": HParam("quintic", const("quintic"), "how the polar factor is computed", POLAR_METHODS),
+        "ns_steps": HParam(5, const(5), "Newton-Schulz iterations", range=AT_LEAST_ONE),
+        "domain_grads": HParam(
+            "chunks", const("chunks"), "how per-domain gradients are computed", DOMAIN_GRAD_METHODS
+        ),
+    }
+
+
+@register_algorithm("SAGE", space=sage_space)
 class SAGE(TwoPassAlgorithm):
     """Spectral perturbation for flatness, agreement-scaled gradient noise for alignment.
 

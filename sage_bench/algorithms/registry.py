@@ -1,0 +1,134 @@
+"""The algorithm registry: each algorithm is registered once, with its class, its own
+hyperparameter space and the kind of task it solves (timm's ``@register_model`` shape)::
+
+    @register_algorithm("SAM", space=sam_space)
+    class SAM(TwoPassAlgorithm): ...
+
+Everything else reads from here: ``build_algorithm``, the hyperparameter registry
+(``sage_bench.hparams.hparam_space``), the ``algorithm=`` choices of the Hydra configuration
+and the messages that list valid names.
+
+Algorithms from other packages register the same way. An installed package makes them known
+through the entry-point group ``sage_bench.algorithms`` (each entry point names a module that is
+imported, and whose ``register_algorithm`` calls run, before the first lookup); a job's
+``plugins=[module, ...]`` key imports modules too.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
+
+from sage_bench.errors import UserError
+from sage_bench.hparams import HParam, HParamError, SpaceContext
+
+if TYPE_CHECKING:
+    from sage_bench.algorithms.base import Algorithm
+
+ENTRY_POINT_GROUP = "sage_bench.algorithms"
+DOMAIN_GENERALIZATION = "domain_generalization"
+MULTI_TASK = "multi_task"
+TASKS = (DOMAIN_GENERALIZATION, MULTI_TASK)
+
+Space = Callable[[SpaceContext], dict[str, HParam]]
+
+
+def no_hparams(context: SpaceContext) -> dict[str, HParam]:
+    """The space of an algorithm without hyperparameters of its own."""
+    return {}
+
+
+@dataclass(frozen=True)
+class RegisteredAlgorithm:
+    """One registered algorithm: its name, class, hyperparameter space and task kind."""
+
+    name: str
+    cls: type[Algorithm]
+    space: Space
+    task: str = DOMAIN_GENERALIZATION
+
+
+_REGISTRY: dict[str, RegisteredAlgorithm] = {}
+_entry_points_loaded = False
+
+
+def register_algorithm(
+    name: str, *, space: Space = no_hparams, task: str = DOMAIN_GENERALIZATION
+) -> Callable[[type[Algorithm]], type[Algorithm]]:
+    """Class decorator: register ``cls`` as ``name`` with its hyperparameter ``space`` (a
+    function of a ``SpaceContext`` returning ``{name: HParam}``) for ``task``."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; valid choices: {', '.join(TASKS)}")
+
+    def register(cls: type[Algorithm]) -> type[Algorithm]:
+        existing = _REGISTRY.get(name)
+        if existing is not None and existing.cls is not cls:
+            raise ValueError(
+                f"algorithm {name!r} is registered twice ({existing.cls.__module__}.{existing.cls.__qualname__} "
+                f"and {cls.__module__}.{cls.__qualname__})"
+            )
+        _REGISTRY[name] = RegisteredAlgorithm(name, cls, space, task)
+        return cls
+
+    return register
+
+
+class PluginError(UserError, ImportError):
+    """A plugin module that cannot be imported."""
+
+
+def load_plugins(modules: list[str] | tuple[str, ...] = ()) -> None:
+    """Import the entry points of group ``sage_bench.algorithms`` (once) and ``modules``."""
+    global _entry_points_loaded
+    if not _entry_points_loaded:
+        _entry_points_loaded = True
+        for entry in entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                entry.load()
+            except Exception as exc:  # a broken plugin must not hide the built-in algorithms
+                raise PluginError(
+                    f"the algorithm plugin {entry.name!r} ({entry.value}) of an installed package "
+                    f"failed to import: {type(exc).__name__}: {exc}"
+                ) from exc
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise PluginError(
+                f"cannot import the plugin module {module!r} ({exc}); it must be importable "
+                "(installed, or on PYTHONPATH)"
+            ) from exc
+
+
+def algorithms(task: str | None = None) -> dict[str, RegisteredAlgorithm]:
+    """Every registered algorithm (for one ``task`` kind, or all), by name."""
+    load_plugins()
+    return {n: a for n, a in _REGISTRY.items() if task is None or a.task == task}
+
+
+def get_algorithm(name: str) -> RegisteredAlgorithm:
+    """The algorithm registered as ``name``, or an error listing the valid names."""
+    registered = algorithms()
+    if name not in registered:
+        raise HParamError(f"unknown algorithm {name!r}; valid choices: {', '.join(sorted(registered))}")
+    return registered[name]
+
+
+class _Classes(Mapping[str, Any]):
+    """Read-only view ``name -> class`` of the registry."""
+
+    def __getitem__(self, name: str) -> type[Algorithm]:
+        return algorithms()[name].cls
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(algorithms())
+
+    def __len__(self) -> int:
+        return len(algorithms())
+
+
+ALGORITHMS: Mapping[str, type[Algorithm]] = _Classes()
+"""Every registered algorithm class by name (a live view of the registry)."""
