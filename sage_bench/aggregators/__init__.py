@@ -77,6 +77,7 @@ from sage_bench.aggregators import (  # noqa: E402, F401
     graddrop,
     imtl,
     moco,
+    nashmtl,
     pcgrad,
 )
 
