@@ -79,6 +79,7 @@ from sage_bench.aggregators import (  # noqa: E402, F401
     moco,
     nashmtl,
     pcgrad,
+    weighting,
 )
 
 __all__ = ["AGGREGATORS", "Aggregator", "aggregate", "register_aggregator"]
