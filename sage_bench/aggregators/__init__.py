@@ -72,6 +72,14 @@ def aggregate(
 
 
 # The methods register themselves on import (one module each).
-# (imports of the method modules go here)
+from sage_bench.aggregators import (  # noqa: E402, F401
+    cagrad,
+    graddrop,
+    imtl,
+    moco,
+    nashmtl,
+    pcgrad,
+    weighting,
+)
 
 __all__ = ["AGGREGATORS", "Aggregator", "aggregate", "register_aggregator"]
