@@ -38,3 +38,23 @@ PINNED = {
 def test_existing_jobs_keep_their_folder(name):
     overrides, expected = PINNED[name]
     assert load_job(overrides).job_id == expected
+
+
+PACS = PINNED["PACS ERM, the paper's setting"]
+
+
+@pytest.mark.parametrize("mode", ["auto", "off", "require"])
+def test_the_evaluation_cache_is_never_part_of_the_identity(mode):
+    overrides, expected = PACS
+    assert load_job([*overrides, f"dataset.eval_cache={mode}"]).job_id == expected
+
+
+@pytest.mark.parametrize(
+    "key, legacy, other",
+    [("dataset.eval_augment", "true", "false"), ("eval_splits", "all", "selection")],
+)
+def test_new_keys_enter_the_identity_only_away_from_the_old_behaviour(key, legacy, other):
+    overrides, expected = PACS
+    assert load_job([*overrides, f"{key}={legacy}"]).job_id == expected
+    changed = load_job([*overrides, f"{key}={other}"])
+    assert changed.job_id != expected
