@@ -178,3 +178,27 @@ def test_cache_dir_from_the_environment_and_an_up_to_date_cache_is_kept(tmp_path
     assert "is up to date" in out and "every byte checked" in out
     assert (json.loads(manifest.read_text())["created"], manifest.stat().st_mtime_ns) == written
     assert not (tmp_path / "data" / ".sage-bench-cache").exists()
+
+
+def test_eval_augment_false_evaluates_training_environments_without_augmentation(tmp_path):
+    _tree(tmp_path)
+    torch.manual_seed(0)
+    domainbed = PACS(str(tmp_path), test_envs=[3], hparams={}, preprocess=Preprocess(SIZE))
+    forks = PACS(str(tmp_path), test_envs=[3], hparams={}, preprocess=Preprocess(SIZE), eval_augment=False)
+    assert domainbed.eval_augmented == [True, True, True, False] and forks.eval_augmented == [False] * 4
+    # DomainBed: a training environment is evaluated as it is trained on, with random augmentation
+    assert domainbed.evaluation_environment(0) is domainbed.datasets[0]
+    assert not torch.equal(domainbed.evaluation_environment(0)[0][0], domainbed.evaluation_environment(0)[0][0])
+    # the forks: the deterministic evaluation transform; training still augments
+    evaluated = forks.evaluation_environment(0)
+    assert torch.equal(evaluated[0][0], evaluated[0][0])
+    assert torch.equal(evaluated[0][0], forks.evaluation_environment(3).transform(Image.open(evaluated.paths[0]).convert("RGB")))
+    assert not torch.equal(forks.datasets[0][0][0], forks.datasets[0][0][0])
+    assert evaluated.paths is forks.datasets[0].paths  # one file list in memory
+
+
+def test_cache_command_without_the_data_says_how_to_get_it(tmp_path, capsys):
+    assert main(["data", "cache", "VLCS", "--data-dir", str(tmp_path)]) == 2
+    assert f"sage-bench download VLCS --data-dir {tmp_path}" in capsys.readouterr().err
+    assert main(["data", "cache", "RotatedDigits", "--data-dir", str(tmp_path)]) == 2
+    assert "valid choices: PACS, VLCS" in capsys.readouterr().err
