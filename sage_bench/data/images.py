@@ -135,9 +135,9 @@ class MultiEnvironmentImageFolder(MultiDomainDataset):
     ``eval_augment`` says how training environments are evaluated: ``True`` (DomainBed) through
     the training augmentation, as they are trained on; ``False`` through the deterministic
     evaluation transform, as several DomainBed forks do (``evaluation_environment``).
-    ``eval_cache`` (``auto``, ``off``, ``require``) is read by the job's evaluation
-    (``sage_bench.run.evaluation``): whether deterministic evaluations read the decoded images
-    from ``sage-bench data cache``.
+    ``eval_cache`` (``auto``, ``off``, ``require``) is taken with the other ``dataset.*`` options
+    and read by the job's evaluation (``sage_bench.run.evaluation``), not here: whether
+    deterministic evaluations read their pixels from ``sage-bench data cache``.
     """
 
     FOLDER: ClassVar[str] = ""
@@ -171,7 +171,6 @@ class MultiEnvironmentImageFolder(MultiDomainDataset):
         augment = bool(hparams.get("data_augmentation", True))
         self.load_truncated = load_truncated
         self.on_unreadable = on_unreadable
-        self.eval_cache = eval_cache
         self.datasets = []
         self.eval_datasets: list[ImageFolderEnvironment] = []
         self.eval_augmented: list[bool] = []  # whether environment i is evaluated through augmentation
