@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from sage_bench.collect import find_runs, render
+from sage_bench.collect import find_runs, render, sweep_accs
 from sage_bench.collect.loading import record_problem
+from sage_bench.collect.selection import GroupKey
 from sage_bench.config import load_job
 from sage_bench.records import read_records
 from sage_bench.run import run_job
@@ -34,13 +35,14 @@ def _same_except_left_out(full: list[dict], selected: list[dict], test_envs: lis
 
 @pytest.mark.slow
 def test_same_records_and_tables_as_all(tmp_path):
-    """ColoredDigits, every single and pair of test environments, two configurations: the
-    records agree on every split both evaluate, and every selection method gives the same table."""
+    """ColoredDigits, test environment 0 alone and with each other one (what leave-one-out
+    needs), two configurations: the records agree on every split both evaluate, and every
+    selection method selects the same and gives the same table."""
     records = {"all": [], "selection": []}
-    for test_envs in ("[0]", "[1]", "[2]", "[0,1]", "[0,2]", "[1,2]"):
+    for test_envs in ("[0]", "[0,1]", "[0,2]"):
         for hparams_seed in (0, 1):
             base = ["dataset=ColoredDigits", "algorithm=ERM", f"test_envs={test_envs}", f"hparams_seed={hparams_seed}",
-                    "steps=5", "checkpoint_freq=2", "hparams.batch_size=16"]  # fmt: skip
+                    "steps=3", "checkpoint_freq=2", "hparams.batch_size=16", "backbone.channels=[8,8,8,8]"]  # fmt: skip
             spec_all, full = _run([*base, f"output_dir={tmp_path / 'all'}"])
             spec_sel, selected = _run([*base, f"output_dir={tmp_path / 'selection'}", "eval_splits=selection"])
             assert spec_all.job_id != spec_sel.job_id
@@ -48,9 +50,10 @@ def test_same_records_and_tables_as_all(tmp_path):
             records["all"] += full
             records["selection"] += selected
     for method in ("training-domain", "leave-one-out", "oracle"):
+        chosen = {mode: sweep_accs(method, find_runs(tmp_path / mode).records) for mode in records}
+        assert chosen["all"] == chosen["selection"] and list(chosen["all"]) == [GroupKey(0, "ColoredDigits", "ERM", 0)]
         tables = {mode: render(find_runs(tmp_path / mode).records, method, "csv") for mode in records}
         assert tables["all"] == tables["selection"]
-        assert "X" not in render(records["selection"], method, "text").split("Averages")[0]
 
 
 @pytest.mark.slow
