@@ -28,6 +28,8 @@ from sage_bench.seeding import seed_hash
 
 CONFIG_MODULE = "sage_bench.configs"
 AUTOCAST_CHOICES = ("bf16", "none")
+EVAL_SPLITS = ("all", "selection")
+EVAL_CACHE_MODES = ("auto", "off", "require")
 
 
 @dataclass
@@ -60,6 +62,7 @@ class TrainSchema:
     device: str = MISSING
     num_workers: int | None = None
     eval_batch_size: int = MISSING
+    eval_splits: str = MISSING
     progress: bool = MISSING
     autocast: str = MISSING
     tf32: bool = MISSING
@@ -76,8 +79,27 @@ ConfigStore.instance().store(name="train_schema", node=TrainSchema)
 # Keys of the job that define its results; they name its output folder.
 _IDENTITY_KEYS = (
     "dataset", "algorithm", "backbone", "optimizer", "test_envs", "trial_seed", "hparams_seed",
-    "seed", "steps", "checkpoint_freq", "holdout_fraction", "hparams_overrides",
+    "seed", "steps", "checkpoint_freq", "holdout_fraction", "hparams_overrides", "eval_splits",
 )  # fmt: skip
+# Keys added after jobs existed, with the value that reproduces the behaviour from before them:
+# at that value a key is left out of the identity, so existing jobs keep their folders; any other
+# value changes what the job computes or records, and enters it.
+_LEGACY_DEFAULTS: dict[tuple[str, ...], Any] = {
+    ("dataset", "eval_augment"): True,
+    ("eval_splits",): "all",
+}
+# Options that change how fast a job runs, never what it computes: never part of the identity.
+_NOT_IDENTITY: tuple[tuple[str, ...], ...] = (("dataset", "eval_cache"),)
+
+
+def _drop(values: dict[str, Any], path: tuple[str, ...], legacy: Any = None, always: bool = False) -> None:
+    *parents, key = path
+    for parent in parents:
+        values = values.get(parent)
+        if not isinstance(values, dict):
+            return
+    if key in values and (always or values[key] == legacy):
+        del values[key]
 
 
 def _as_addition(override: str) -> str:
@@ -188,6 +210,7 @@ class JobSpec:
     num_workers: int
     eval_batch_size: int
     progress: bool
+    eval_splits: str = "all"  # all: every split at every checkpoint; selection: what model selection reads
     autocast: str = "bf16"  # mixed precision of forward passes on CUDA: bf16 or none
     tf32: bool = True  # TF32 matrix products on CUDA
     compile: bool = False  # torch.compile the network
@@ -211,8 +234,13 @@ class JobSpec:
             "checkpoint_freq": self.checkpoint_freq,
             "holdout_fraction": self.holdout_fraction,
             "hparams_overrides": self.hparams_overrides,
+            "eval_splits": self.eval_splits,
         }
         assert tuple(values) == _IDENTITY_KEYS
+        for path in _NOT_IDENTITY:
+            _drop(values, path, always=True)
+        for path, legacy in _LEGACY_DEFAULTS.items():
+            _drop(values, path, legacy)
         return values
 
     @property
@@ -247,6 +275,7 @@ class JobSpec:
             "dataset_options": self.dataset_options,
             "backbone_options": self.backbone_options,
             "optimizer_options": self.optimizer_options,
+            "eval_splits": self.eval_splits,
             "autocast": self.autocast,
             "tf32": self.tf32,
             "compile": self.compile,
@@ -264,6 +293,23 @@ def _wandb_options(node: DictConfig) -> dict[str, Any]:
     if mode not in WANDB_MODES:
         raise ConfigError(f"bad value for 'wandb.mode': {mode!r}; valid choices: {', '.join(WANDB_MODES)}")
     return {**options, "mode": mode}
+
+
+def _dataset_options(cfg: DictConfig) -> dict[str, Any]:
+    """``dataset.*`` options, with the evaluation ones checked."""
+    options = _group_options(cfg, "dataset")
+    if "eval_cache" in options:
+        mode = options["eval_cache"]
+        if isinstance(mode, bool):  # YAML 1.1: off -> False
+            mode = "auto" if mode else "off"
+        if mode not in EVAL_CACHE_MODES:
+            raise ConfigError(
+                f"bad value for 'dataset.eval_cache': {mode!r}; valid choices: {', '.join(EVAL_CACHE_MODES)}"
+            )
+        options["eval_cache"] = mode
+    if "eval_augment" in options and not isinstance(options["eval_augment"], bool):
+        raise ConfigError(f"bad value for 'dataset.eval_augment': {options['eval_augment']!r}; valid choices: true, false")
+    return options
 
 
 def job_from_config(cfg: DictConfig) -> JobSpec:
@@ -315,6 +361,9 @@ def job_from_config(cfg: DictConfig) -> JobSpec:
         )
     if cfg.eval_batch_size < 1:
         raise ConfigError(f"bad value for 'eval_batch_size': must be >= 1, got {cfg.eval_batch_size}")
+    if cfg.eval_splits not in EVAL_SPLITS:
+        raise ConfigError(f"bad value for 'eval_splits': {cfg.eval_splits!r}; valid choices: {', '.join(EVAL_SPLITS)}")
+    dataset_options = _dataset_options(cfg)
 
     if cfg.autocast not in AUTOCAST_CHOICES:
         raise ConfigError(f"bad value for 'autocast': {cfg.autocast!r}; valid choices: {', '.join(AUTOCAST_CHOICES)}")
@@ -338,7 +387,7 @@ def job_from_config(cfg: DictConfig) -> JobSpec:
 
     return JobSpec(
         dataset=dataset,
-        dataset_options=_group_options(cfg, "dataset"),
+        dataset_options=dataset_options,
         backbone=backbone,
         backbone_options=backbone_options,
         algorithm=algorithm,
@@ -358,6 +407,7 @@ def job_from_config(cfg: DictConfig) -> JobSpec:
         device=_resolve_device(cfg.device),
         num_workers=num_workers,
         eval_batch_size=cfg.eval_batch_size,
+        eval_splits=cfg.eval_splits,
         progress=cfg.progress,
         autocast=cfg.autocast,
         tf32=cfg.tf32,

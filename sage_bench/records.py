@@ -4,9 +4,11 @@ A job writes, in its own folder (DomainBed's layout, so DomainBed's ``collect_re
 
 - ``results.jsonl``: one JSON object per checkpoint with ``step``, ``epoch``, the floats the
   algorithm's ``update`` returned (averaged since the previous checkpoint), ``env{i}_in_acc`` and
-  ``env{i}_out_acc`` for every environment, ``step_time``, ``mem_gb``, ``hparams`` and ``args``
-  (``args`` holds DomainBed's argument names: ``dataset``, ``algorithm``, ``test_envs``,
-  ``hparams_seed``, ``trial_seed``, ``seed``, ...);
+  ``env{i}_out_acc`` for every environment, ``step_time``, ``eval_time`` (seconds the
+  checkpoint's evaluation took), ``mem_gb``, ``hparams`` and ``args`` (``args`` holds DomainBed's
+  argument names: ``dataset``, ``algorithm``, ``test_envs``, ``hparams_seed``, ``trial_seed``,
+  ``seed``, ...). With ``args.eval_splits == "selection"`` the training environments'
+  ``env{i}_in_acc`` are absent (not evaluated: no model selection method reads them);
 - ``done``: written last, when the job finished;
 - ``out.txt`` / ``err.txt``: the log and, for a failed job, the error.
 """

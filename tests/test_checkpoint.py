@@ -42,7 +42,7 @@ def comparable(job_dir: Path) -> list[dict]:
     """The records without what measures the machine (time, memory) or names the folder."""
     records = []
     for record in read_records(job_dir):
-        record = {k: v for k, v in record.items() if k not in ("step_time", "mem_gb")}
+        record = {k: v for k, v in record.items() if k not in ("step_time", "mem_gb", "eval_time")}
         record["args"] = {k: v for k, v in record["args"].items() if k != "output_dir"}
         records.append(record)
     return records

@@ -9,7 +9,15 @@ import pandas as pd
 import pytest
 
 from sage_bench.cli import main
-from sage_bench.reproduce import TABLE1_ALGORITHMS, reproduce_quick, table1_sweep
+from sage_bench.data.eval_cache import MANIFEST, cache_path
+from sage_bench.reproduce import (
+    TABLE1_ALGORITHMS,
+    CostModel,
+    cached_datasets,
+    describe_plan,
+    reproduce_quick,
+    table1_sweep,
+)
 
 
 def test_table1_plan_has_every_job_in_the_papers_setting(tmp_path):
@@ -21,6 +29,7 @@ def test_table1_plan_has_every_job_in_the_papers_setting(tmp_path):
     assert {job.spec.trial_seed for job in jobs} == {0, 1, 2}
     assert {job.spec.hparams_seed for job in jobs} == {0}
     assert all(len(job.spec.test_envs) == 1 for job in jobs)
+    assert {job.spec.eval_splits for job in jobs} == {"selection"}  # the same table, less evaluation
     for job in jobs:
         spec = job.spec
         assert spec.backbone == "clip_vit_b16" and spec.optimizer == "adam"
@@ -39,7 +48,39 @@ def test_table1_dry_run_prints_counts_and_hours(tmp_path, capsys):
             {"PACS", "VLCS", "OfficeHome", "TerraIncognita", "DomainNet", "total"}}  # fmt: skip
     assert rows["DomainNet"][0] == "108" and rows["total"][0] == "396"
     assert float(rows["DomainNet"][1]) > float(rows["PACS"][1]) > 0
+    # as planned (no cache here) >= every data set cached; DomainBed's full evaluation costs most
+    assert float(rows["total"][3]) > float(rows["total"][1]) >= float(rows["total"][2])
+    assert "sage-bench data cache PACS VLCS OfficeHome TerraIncognita DomainNet" in out
     assert not (tmp_path / "s").exists()  # nothing launched
+
+
+def test_cost_model_counts_the_evaluated_splits_and_the_cache(tmp_path):
+    cost = CostModel()
+    jobs = table1_sweep(tmp_path, tmp_path / "data", trials=1, datasets=["PACS"]).jobs()
+    (job,) = [j for j in jobs if j.spec.test_envs == [0] and j.spec.algorithm == "ERM"]
+    # PACS: 2048, 2344, 1670, 3929 images; out-splits int(0.2 n) = 409, 468, 334, 785
+    assert cost.checkpoint_images(job, cached=False, eval_splits="all") == (0, 9991)
+    assert cost.checkpoint_images(job, cached=False) == (0, 409 + 468 + 334 + 785 + 1639)
+    # training environments evaluated through augmentation (DomainBed) are never cached
+    assert cost.checkpoint_images(job, cached=True) == (2048, 468 + 334 + 785)
+    (plain,) = [j for j in table1_sweep(tmp_path, trials=1, datasets=["PACS"], overrides=["dataset.eval_augment=false"]).jobs()
+                if j.spec.dataset == "PACS" and j.spec.test_envs == [0] and j.spec.algorithm == "ERM"
+                and j.spec.trial_seed == 0]  # fmt: skip
+    assert cost.checkpoint_images(plain, cached=True) == (409 + 468 + 334 + 785 + 1639, 0)
+    hours = [cost.job_hours(job, eval_splits="all"), cost.job_hours(job), cost.job_hours(job, cached=True),
+             cost.job_hours(plain, cached=True)]  # fmt: skip
+    assert hours == sorted(hours, reverse=True) and len(set(hours)) == 4
+    # 8 cores decoding 80 images/s each are the limit, not the GPU's 2000 images/s
+    steps = 5001 * cost.erm_step_s
+    assert (hours[0] * 3600 - steps) == pytest.approx((5001 // 300 + 1) * 9991 / 640)
+    assert (hours[3] * 3600 - steps) == pytest.approx((5001 // 300 + 1) * 3635 / 2000)
+    # the plan looks for a cache at the backbone's input size
+    assert cached_datasets(jobs) == set()
+    manifest = cache_path(tmp_path / "data", "PACS", 224) / MANIFEST
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text("{}")
+    assert cached_datasets(jobs) == {"PACS"}
+    assert "evaluation cache found for PACS" in describe_plan(jobs, cached={"PACS"})
 
 
 def test_table1_rejects_job_overrides(capsys):

@@ -79,7 +79,7 @@ def diagnose(job_dir: Path) -> str:
 def comparable(job_dir: Path) -> list[dict]:
     records = []
     for record in read_records(job_dir):
-        record = {k: v for k, v in record.items() if k not in ("step_time", "mem_gb")}
+        record = {k: v for k, v in record.items() if k not in ("step_time", "mem_gb", "eval_time")}
         record["args"] = {
             k: v for k, v in record["args"].items() if k not in ("output_dir", "device")
         }

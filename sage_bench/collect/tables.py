@@ -20,7 +20,7 @@ mean, sem, trials`` (accuracies in percent):
 Rows and columns: data sets in Table 1's order (PACS, VLCS, OfficeHome, TerraIncognita,
 DomainNet), then the other known ones, then unknown ones by name (DomainBed keeps only the data
 sets it knows); algorithms in Table 1's order, then by name (see ``algorithm_order``). A known
-data set's environments are labelled as in ``sage_bench.data``; an unknown one's by index, as
+data set's environments are labelled as in ``sage_bench.data.catalog``; an unknown one's by index, as
 many as its records have. A missing value is NaN in the frame and ``X`` in printed tables.
 """
 
@@ -41,6 +41,7 @@ from sage_bench.collect.selection import (
     env_count,
     sweep_accs,
 )
+from sage_bench.data.catalog import DATASET_NAMES, ENVIRONMENTS
 
 COLUMNS = ["selection", "dataset", "algorithm", "env", "mean", "sem", "trials"]
 TABLE1_DATASETS = ["PACS", "VLCS", "OfficeHome", "TerraIncognita", "DomainNet"]
@@ -49,10 +50,8 @@ AVERAGES = "Averages"
 
 
 def _known_environments(dataset: str) -> list[str] | None:
-    from sage_bench.data import DATASETS
-
-    cls = DATASETS.get(dataset)
-    return list(cls.ENVIRONMENTS) if cls is not None else None
+    known = ENVIRONMENTS.get(dataset)
+    return list(known) if known is not None else None
 
 
 def environment_names(dataset: str, records: Iterable[dict]) -> list[str]:
@@ -92,9 +91,7 @@ def _mean_sem(values: list[float]) -> tuple[float, float]:
 def results_frame(records: list[dict], selection: str) -> pd.DataFrame:
     """The tidy frame of one selection method (see the module docstring)."""
     accs = sweep_accs(selection, records)
-    from sage_bench.data import DATASETS
-
-    datasets = _ordered((r["args"]["dataset"] for r in records), TABLE1_DATASETS + list(DATASETS))
+    datasets = _ordered((r["args"]["dataset"] for r in records), TABLE1_DATASETS + DATASET_NAMES)
     algorithms = algorithm_order(algorithm_name(r) for r in records)
     by_cell: dict[tuple[str, str, int], list[float]] = defaultdict(list)
     by_trial: dict[tuple[str, str, int], list[float]] = defaultdict(list)

@@ -1,8 +1,11 @@
-"""``sage-bench data check``: report whether data set folders are complete and readable."""
+"""``sage-bench data check``: report whether data set folders are complete and readable.
+``sage-bench data cache``: decode every image once for evaluation (``sage_bench.data.eval_cache``)."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import time
 
 from sage_bench.commands.download import default_data_dir
 
@@ -27,21 +30,97 @@ def add_parser(subparsers) -> None:
     check.add_argument("--workers", type=int, default=1, help="processes decoding images (default 1)")
     check.set_defaults(func=run_check)
 
+    cache = commands.add_parser(
+        "cache",
+        help="decode every image once at a backbone's input size, for fast evaluation",
+        description=(
+            "Decode every image of the data sets through the evaluation resize at the backbone's input size "
+            "and store the pixels (uint8, one memory-mapped array per environment) in "
+            "$SAGE_BENCH_CACHE_DIR or DATA_DIR/.sage-bench-cache. Jobs then evaluate from it (dataset.eval_cache=auto). "
+            "States the disk it needs first and stops when there is not enough. Run again: an up-to-date "
+            "cache is kept, a stale or damaged one rebuilt."
+        ),
+    )
+    cache.add_argument("names", nargs="+", metavar="NAME", help="PACS VLCS OfficeHome TerraIncognita DomainNet, or all")
+    cache.add_argument(
+        "--data-dir", default=default_data_dir(), help="where the data sets are (default: $SAGE_BENCH_DATA or ./data)"
+    )
+    cache.add_argument("--backbone", help="whose input size to cache (default: the data set's default backbone)")
+    cache.add_argument("--image-size", type=int, help="input size in pixels (overrides --backbone)")
+    cache.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
+                       help="processes decoding images (default: every core this process may use)")  # fmt: skip
+    cache.add_argument("--force", action="store_true", help="rebuild even when the cache is up to date")
+    cache.add_argument("--verify", action="store_true", help="check the digest of every byte of an existing cache")
+    cache.set_defaults(func=run_cache)
 
-def run_check(args: argparse.Namespace) -> int:
-    from sage_bench.data.check import check_dataset, format_report
+
+def _real_datasets(names: list[str]) -> list[str]:
     from sage_bench.data.domainbed import REAL_DATASETS
     from sage_bench.errors import UserError
 
-    names = list(REAL_DATASETS) if "all" in args.names else args.names
+    names = list(REAL_DATASETS) if "all" in names else names
     unknown = [n for n in names if n not in REAL_DATASETS]
     if unknown:
         raise UserError(
             f"unknown dataset(s) {', '.join(map(repr, unknown))}; valid choices: {', '.join(REAL_DATASETS)}, all"
         )
+    return names
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from sage_bench.data.check import check_dataset, format_report
+
     usable = True
-    for name in names:
+    for name in _real_datasets(args.names):
         report = check_dataset(name, args.data_dir, decode=not args.no_decode, workers=max(1, args.workers))
         print(format_report(report))
         usable &= report.usable
     return 0 if usable else 1
+
+
+def run_cache(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from sage_bench.data import get_dataset_class
+    from sage_bench.data.eval_cache import (
+        build_cache,
+        cache_path,
+        free_bytes,
+        open_cache,
+        required_bytes,
+    )
+    from sage_bench.data.transforms import Preprocess
+    from sage_bench.errors import UserError
+    from sage_bench.models import backbone_preprocess
+
+    for name in _real_datasets(args.names):
+        cls = get_dataset_class(name)
+        size = args.image_size
+        if size is None:
+            preprocess = backbone_preprocess(args.backbone or cls.DEFAULT_BACKBONE)
+            if preprocess is None:
+                raise UserError(f"backbone {args.backbone!r} takes no images; choose an image backbone or --image-size")
+            size = preprocess.image_size
+        if size < 1:
+            raise UserError(f"bad value for --image-size: must be >= 1, got {size}")
+        dataset = cls(args.data_dir, test_envs=(), hparams={"data_augmentation": False}, preprocess=Preprocess(size))
+        images = sum(len(env) for env in dataset.datasets)
+        cache, why_not = open_cache(dataset, size, full_check=args.verify)
+        if cache is not None and not args.force:
+            checked = "every byte checked" if args.verify else "sizes and sampled digests checked"
+            print(f"{name}: the cache at {cache.path} is up to date ({images:,} images at {size} px; {checked})")
+            continue
+        if cache is None and not why_not.startswith("none at"):
+            print(f"{name}: rebuilding: {why_not}")
+        path = cache_path(args.data_dir, name, size)
+        need, free = required_bytes(dataset, size), free_bytes(path.parent)
+        print(f"{name}: {images:,} images at {size}x{size} px need {need / 1e9:.2f} GB in {path} "
+              f"({free / 1e9:.2f} GB free there); decoding with {max(1, args.workers)} processes")  # fmt: skip
+        start = time.time()
+        with tqdm(total=images, unit="img", desc=name, dynamic_ncols=True, leave=False) as bar:
+            cache = build_cache(dataset, size, max(1, args.workers), progress=bar.update)
+        unreadable = sum(len(cache.unreadable(i)) for i in range(len(dataset.datasets)))
+        seconds = time.time() - start
+        print(f"{name}: done in {seconds:.0f} s ({images / max(seconds, 1e-9):.0f} images/s), {cache.path}"
+              + (f"; {unreadable} unreadable images (jobs treat them as dataset.on_unreadable says)" if unreadable else ""))  # fmt: skip
+    return 0

@@ -1,21 +1,39 @@
-"""Data sets by name, DomainBed's per-environment splits, and loaders."""
+"""Data sets by name, DomainBed's per-environment splits, and loaders.
+
+The data set classes, and with them torch, are imported on first use: ``sage_bench.data.catalog``
+(names and environment labels) must stay readable without torch, as the collector reads it.
+"""
 
 from __future__ import annotations
 
-from sage_bench.data.base import MultiDomainDataset
-from sage_bench.data.digits import ColoredDigits, RotatedDigits
-from sage_bench.data.domainbed import PACS, VLCS, DomainNet, OfficeHome, TerraIncognita
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from sage_bench.data.catalog import DATASET_NAMES, ENVIRONMENTS
 from sage_bench.errors import UserError
 
-DATASETS: dict[str, type[MultiDomainDataset]] = {
-    "RotatedDigits": RotatedDigits,
-    "ColoredDigits": ColoredDigits,
-    "PACS": PACS,
-    "VLCS": VLCS,
-    "OfficeHome": OfficeHome,
-    "TerraIncognita": TerraIncognita,
-    "DomainNet": DomainNet,
+if TYPE_CHECKING:
+    from sage_bench.data.base import MultiDomainDataset
+
+# class name -> the module that defines it
+_MODULES = {
+    "MultiDomainDataset": "sage_bench.data.base",
+    "RotatedDigits": "sage_bench.data.digits",
+    "ColoredDigits": "sage_bench.data.digits",
+    "PACS": "sage_bench.data.domainbed",
+    "VLCS": "sage_bench.data.domainbed",
+    "OfficeHome": "sage_bench.data.domainbed",
+    "TerraIncognita": "sage_bench.data.domainbed",
+    "DomainNet": "sage_bench.data.domainbed",
 }
+
+
+def __getattr__(name: str) -> Any:
+    if name == "DATASETS":  # name -> class, in the catalog's order
+        return {n: getattr(importlib.import_module(_MODULES[n]), n) for n in DATASET_NAMES}
+    if name in _MODULES:
+        return getattr(importlib.import_module(_MODULES[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class UnknownDatasetError(UserError, KeyError):
@@ -23,21 +41,29 @@ class UnknownDatasetError(UserError, KeyError):
         return str(self.args[0])
 
 
+def _check_name(name: str) -> None:
+    if name not in ENVIRONMENTS:
+        raise UnknownDatasetError(
+            f"unknown dataset {name!r}; valid choices: {', '.join(sorted(DATASET_NAMES))}"
+        )
+
+
 def get_dataset_class(name: str) -> type[MultiDomainDataset]:
     """The class registered under ``name``, or an error listing the valid names."""
-    if name not in DATASETS:
-        raise UnknownDatasetError(
-            f"unknown dataset {name!r}; valid choices: {', '.join(sorted(DATASETS))}"
-        )
-    return DATASETS[name]
+    _check_name(name)
+    return getattr(importlib.import_module(_MODULES[name]), name)
 
 
 def num_environments(name: str) -> int:
-    return len(get_dataset_class(name).ENVIRONMENTS)
+    """How many environments the data set ``name`` has (without importing torch)."""
+    _check_name(name)
+    return len(ENVIRONMENTS[name])
 
 
 __all__ = [
     "DATASETS",
+    "DATASET_NAMES",
+    "ENVIRONMENTS",
     "PACS",
     "VLCS",
     "ColoredDigits",

@@ -34,6 +34,11 @@ class MultiDomainDataset:
     def __len__(self) -> int:
         return len(self.datasets)
 
+    def evaluation_environment(self, index: int) -> Dataset:
+        """Environment ``index`` as evaluation reads it: the training environment itself, unless
+        the data set evaluates training environments without their augmentation."""
+        return self.datasets[index]
+
     @property
     def environment_names(self) -> list[str]:
         """The environments' labels in index order, as DomainBed prints them."""

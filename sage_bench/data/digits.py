@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 from torchvision.transforms.functional import InterpolationMode, rotate
 
+from sage_bench.data import catalog
 from sage_bench.data.base import MultiDomainDataset
 
 IMAGE_SIZE = 16
@@ -80,7 +81,7 @@ class _DigitsDataset(MultiDomainDataset):
 class RotatedDigits(_DigitsDataset):
     """Digits rotated by 0-75 degrees, one angle per environment (DomainBed's RotatedMNIST)."""
 
-    ENVIRONMENTS = ["0", "15", "30", "45", "60", "75"]
+    ENVIRONMENTS = catalog.ENVIRONMENTS["RotatedDigits"]
     ENV_PARAMETERS = [0.0, 15.0, 30.0, 45.0, 60.0, 75.0]
 
     def __init__(self, root=None, test_envs=None, hparams=None, preprocess=None):
@@ -97,7 +98,7 @@ class RotatedDigits(_DigitsDataset):
 class ColoredDigits(_DigitsDataset):
     """Binary ``digit < 5`` with a colour cue that flips across environments (ColoredMNIST)."""
 
-    ENVIRONMENTS = ["+90%", "+80%", "-90%"]
+    ENVIRONMENTS = catalog.ENVIRONMENTS["ColoredDigits"]
     ENV_PARAMETERS = [0.1, 0.2, 0.9]  # probability that the colour disagrees with the label
 
     def __init__(self, root=None, test_envs=None, hparams=None, preprocess=None):

@@ -12,6 +12,7 @@ folder holds instead of failing.
 
 from __future__ import annotations
 
+from sage_bench.data import catalog
 from sage_bench.data.images import MultiEnvironmentImageFolder
 
 
@@ -19,7 +20,7 @@ class PACS(MultiEnvironmentImageFolder):
     """Photo, art painting, cartoon, sketch; 7 classes."""
 
     FOLDER = "PACS"
-    ENVIRONMENTS = ["A", "C", "P", "S"]
+    ENVIRONMENTS = catalog.ENVIRONMENTS["PACS"]
     ENV_FOLDERS = ["art_painting", "cartoon", "photo", "sketch"]
     NUM_CLASSES = 7
     EXPECTED_IMAGES = {"art_painting": 2048, "cartoon": 2344, "photo": 1670, "sketch": 3929}
@@ -30,7 +31,7 @@ class VLCS(MultiEnvironmentImageFolder):
     """Caltech101, LabelMe, SUN09, VOC2007; 5 classes."""
 
     FOLDER = "VLCS"
-    ENVIRONMENTS = ["C", "L", "S", "V"]
+    ENVIRONMENTS = catalog.ENVIRONMENTS["VLCS"]
     ENV_FOLDERS = ["Caltech101", "LabelMe", "SUN09", "VOC2007"]
     NUM_CLASSES = 5
     EXPECTED_IMAGES = {"Caltech101": 1415, "LabelMe": 2656, "SUN09": 3282, "VOC2007": 3376}
@@ -41,7 +42,7 @@ class OfficeHome(MultiEnvironmentImageFolder):
     """Art, clipart, product, real world; 65 classes."""
 
     FOLDER = "office_home"
-    ENVIRONMENTS = ["A", "C", "P", "R"]
+    ENVIRONMENTS = catalog.ENVIRONMENTS["OfficeHome"]
     ENV_FOLDERS = ["Art", "Clipart", "Product", "Real World"]
     NUM_CLASSES = 65
     EXPECTED_IMAGES = {"Art": 2427, "Clipart": 4365, "Product": 4439, "Real World": 4357}
@@ -52,7 +53,7 @@ class TerraIncognita(MultiEnvironmentImageFolder):
     """Camera traps at four locations (Caltech Camera Traps); 10 classes."""
 
     FOLDER = "terra_incognita"
-    ENVIRONMENTS = ["L100", "L38", "L43", "L46"]
+    ENVIRONMENTS = catalog.ENVIRONMENTS["TerraIncognita"]
     ENV_FOLDERS = ["location_100", "location_38", "location_43", "location_46"]
     NUM_CLASSES = 10
     # the DomainBed paper's version (24,788 images)
@@ -76,7 +77,7 @@ class DomainNet(MultiEnvironmentImageFolder):
     """Clipart, infograph, painting, quickdraw, real, sketch; 345 classes."""
 
     FOLDER = "domain_net"
-    ENVIRONMENTS = ["clip", "info", "paint", "quick", "real", "sketch"]
+    ENVIRONMENTS = catalog.ENVIRONMENTS["DomainNet"]
     ENV_FOLDERS = ["clipart", "infograph", "painting", "quickdraw", "real", "sketch"]
     NUM_CLASSES = 345
     EXPECTED_IMAGES = {

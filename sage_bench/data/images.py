@@ -15,6 +15,7 @@ part with grey; ``False`` treats them as unreadable.
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -88,7 +89,14 @@ class ImageFolderEnvironment(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def _unreadable(self, path: str, exc: Exception) -> UnreadableImageError:
+    def with_transform(self, transform: Callable | None) -> ImageFolderEnvironment:
+        """The same images (the file list is shared, not copied) through another transform."""
+        other = copy.copy(self)
+        other.transform = transform
+        other._warned = set()
+        return other
+
+    def unreadable_error(self, path: str, exc: Exception | str) -> UnreadableImageError:
         name = self.dataset_name or "NAME"
         return UnreadableImageError(
             f"cannot read image {path}: {exc}. `sage-bench data check {name} --data-dir DIR` lists "
@@ -104,7 +112,7 @@ class ImageFolderEnvironment(Dataset):
                 image = decode_image(path, self.load_truncated)
             except (OSError, ValueError, Image.DecompressionBombError) as exc:
                 if self.on_unreadable == "error":
-                    raise self._unreadable(path, exc) from exc
+                    raise self.unreadable_error(path, exc) from exc
                 if path not in self._warned:
                     self._warned.add(path)
                     warnings.warn(f"skipping unreadable image {path}: {exc}", stacklevel=2)
@@ -123,6 +131,13 @@ class MultiEnvironmentImageFolder(MultiDomainDataset):
     (images per environment folder in the published data set; ``ALTERNATIVE_IMAGES`` holds
     other published versions). Training environments get DomainBed's augmentation when
     ``hparams['data_augmentation']``; the test environments never do.
+
+    ``eval_augment`` says how training environments are evaluated: ``True`` (DomainBed) through
+    the training augmentation, as they are trained on; ``False`` through the deterministic
+    evaluation transform, as several DomainBed forks do (``evaluation_environment``).
+    ``eval_cache`` (``auto``, ``off``, ``require``) is taken with the other ``dataset.*`` options
+    and read by the job's evaluation (``sage_bench.run.evaluation``), not here: whether
+    deterministic evaluations read their pixels from ``sage-bench data cache``.
     """
 
     FOLDER: ClassVar[str] = ""
@@ -144,6 +159,8 @@ class MultiEnvironmentImageFolder(MultiDomainDataset):
         preprocess: Preprocess | None = None,
         on_unreadable: str = "error",
         load_truncated: bool = True,
+        eval_augment: bool = True,
+        eval_cache: str = "auto",
     ):
         hparams = hparams or {}
         preprocess = preprocess or Preprocess()
@@ -152,7 +169,11 @@ class MultiEnvironmentImageFolder(MultiDomainDataset):
         class_names = self.find_classes(self.root)
         class_to_idx = {c: i for i, c in enumerate(class_names)}
         augment = bool(hparams.get("data_augmentation", True))
+        self.load_truncated = load_truncated
+        self.on_unreadable = on_unreadable
         self.datasets = []
+        self.eval_datasets: list[ImageFolderEnvironment] = []
+        self.eval_augmented: list[bool] = []  # whether environment i is evaluated through augmentation
         for i, env in enumerate(self.ENV_FOLDERS):
             samples = find_images(self.root / env, class_to_idx)
             if not samples:
@@ -162,13 +183,19 @@ class MultiEnvironmentImageFolder(MultiDomainDataset):
                 )
             use_train = augment and i not in test_envs
             transform = train_transform(preprocess) if use_train else eval_transform(preprocess)
-            self.datasets.append(
-                ImageFolderEnvironment(samples, transform, on_unreadable, load_truncated, self.name())
-            )
+            environment = ImageFolderEnvironment(samples, transform, on_unreadable, load_truncated, self.name())
+            self.datasets.append(environment)
+            if use_train and not eval_augment:
+                environment = environment.with_transform(eval_transform(preprocess))
+            self.eval_datasets.append(environment)
+            self.eval_augmented.append(use_train and eval_augment)
         self.folder_class_names = class_names
         self.class_names = [readable_class_name(c) for c in class_names]
         self.num_classes = len(class_names)
         self.input_shape = preprocess.input_shape
+
+    def evaluation_environment(self, index: int) -> ImageFolderEnvironment:
+        return self.eval_datasets[index]
 
     @classmethod
     def name(cls) -> str:

@@ -32,12 +32,18 @@ class Preprocess:
         return (3, self.image_size, self.image_size)
 
 
+def eval_resize(preprocess: Preprocess) -> transforms.Resize:
+    """The deterministic part of evaluation: a resize to a square (aspect ratio not kept). Its
+    uint8 output is what the evaluation cache stores (``sage_bench.data.eval_cache``)."""
+    size = preprocess.image_size
+    return transforms.Resize((size, size))
+
+
 def eval_transform(preprocess: Preprocess) -> transforms.Compose:
     """DomainBed's evaluation transform: resize to a square (aspect ratio not kept), normalise."""
-    size = preprocess.image_size
     return transforms.Compose(
         [
-            transforms.Resize((size, size)),
+            eval_resize(preprocess),
             transforms.ToTensor(),
             transforms.Normalize(mean=preprocess.mean, std=preprocess.std),
         ]

@@ -24,7 +24,7 @@ from sage_bench import __version__
 from sage_bench.algorithms import build_algorithm
 from sage_bench.config import JobSpec
 from sage_bench.data import get_dataset_class
-from sage_bench.data.loaders import eval_loader, infinite_loader
+from sage_bench.data.loaders import infinite_loader
 from sage_bench.data.splits import split_environments
 from sage_bench.models import backbone_preprocess, build_network
 from sage_bench.optim import build_optimizer
@@ -40,7 +40,7 @@ from sage_bench.records import (
 from sage_bench.run import checkpoint as ckpt
 from sage_bench.run.accelerate import accelerate
 from sage_bench.run.alignment import HeldOutGradientProbe
-from sage_bench.run.evaluate import accuracy
+from sage_bench.run.evaluation import build_evaluator
 from sage_bench.run.lock import job_lock
 from sage_bench.run.tracking import Tracker
 from sage_bench.seeding import seed_everything, seed_hash
@@ -197,12 +197,7 @@ def _train(
         )
         for i in train_envs
     ]
-    eval_sets = [(f"env{i}_in", s.in_split) for i, s in enumerate(splits)]
-    eval_sets += [(f"env{i}_out", s.out_split) for i, s in enumerate(splits)]
-    eval_loaders = [
-        (name, eval_loader(split, spec.eval_batch_size, spec.num_workers, pin))
-        for name, split in eval_sets
-    ]
+    evaluate = build_evaluator(spec, dataset, splits, preprocess, device, log)  # eval_splits, the cache
 
     network = build_network(
         spec.backbone,
@@ -264,8 +259,8 @@ def _train(
             record: dict = {"step": step, "epoch": step / steps_per_epoch}
             for key, values in interval.items():
                 record[key] = float(np.mean(values))
-            for name, loader in eval_loaders:
-                record[f"{name}_acc"] = accuracy(algorithm, loader, device)
+            record.update(evaluate(algorithm))
+            record["eval_time"] = evaluate.seconds
             if probe is not None:
                 record.update(probe.record())
             record["mem_gb"] = _peak_memory_gb(device)

@@ -1,0 +1,60 @@
+"""A job's folder name is the hash of its identity: existing jobs must keep their folders.
+
+The hashes below were computed before any key was added to the configuration; a new key at the
+value that reproduces the old behaviour must leave them unchanged. Never edit a pinned hash: a
+change here renames every existing job folder, so finished jobs would run again.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from sage_bench.config import load_job
+
+PINNED = {
+    "RotatedDigits ERM, defaults": (
+        ["dataset=RotatedDigits", "algorithm=ERM", "test_envs=[0]"],
+        "209214d758ea975b6fccb01c27b5fe70",
+    ),
+    "ColoredDigits SAGE, hyperparameter overrides": (
+        [
+            "dataset=ColoredDigits", "algorithm=SAGE", "test_envs=[2]", "trial_seed=1", "hparams_seed=3",
+            "hparams.rho=0.01", "hparams.gamma=0.001", "steps=300",
+        ],
+        "b1bb4214486fa7d2a43211e0a9c66e17",
+    ),
+    "PACS ERM, the paper's setting": (
+        ["experiment=paper_domainbed", "dataset=PACS", "algorithm=ERM", "test_envs=[0]", "trial_seed=0"],
+        "f653f8a8bc1e26f30d4c89886e041535",
+    ),
+    "DomainNet SAM, two test environments": (
+        ["dataset=DomainNet", "algorithm=SAM", "test_envs=[1,2]", "trial_seed=2"],
+        "108b49425f3bd8886ff82291fde725f5",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(PINNED))
+def test_existing_jobs_keep_their_folder(name):
+    overrides, expected = PINNED[name]
+    assert load_job(overrides).job_id == expected
+
+
+PACS = PINNED["PACS ERM, the paper's setting"]
+
+
+@pytest.mark.parametrize("mode", ["auto", "off", "require"])
+def test_the_evaluation_cache_is_never_part_of_the_identity(mode):
+    overrides, expected = PACS
+    assert load_job([*overrides, f"dataset.eval_cache={mode}"]).job_id == expected
+
+
+@pytest.mark.parametrize(
+    "key, legacy, other",
+    [("dataset.eval_augment", "true", "false"), ("eval_splits", "all", "selection")],
+)
+def test_new_keys_enter_the_identity_only_away_from_the_old_behaviour(key, legacy, other):
+    overrides, expected = PACS
+    assert load_job([*overrides, f"{key}={legacy}"]).job_id == expected
+    changed = load_job([*overrides, f"{key}={other}"])
+    assert changed.job_id != expected
