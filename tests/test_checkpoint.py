@@ -374,7 +374,7 @@ def test_a_job_runs_in_one_process_at_a_time(tmp_path):
 
 # -- preemption: the whole process group, with data-loading workers --------------------------
 
-WORKERS = ["dataset=ColoredDigits", "num_workers=1", *SHORT]
+WORKERS = ["dataset=ColoredDigits", "num_workers=1", "steps=12", "checkpoint_freq=10", "progress=false", "hparams.batch_size=16"]
 
 
 @pytest.fixture(scope="module")
@@ -431,7 +431,7 @@ def test_a_stop_signal_to_the_process_group_of_a_job_with_workers(tmp_path, refe
     assert not (job_dir / "err.txt").exists()
     if not kill_workers:  # the step it was at is saved, not only the last periodic checkpoint
         assert re.search(r"stopped by SIG\w+ before step \d+; the checkpoint is saved", stderr), stderr
-    assert ckpt.load_checkpoint(job_dir, job_dir.name, 25) is not None
+    assert ckpt.load_checkpoint(job_dir, job_dir.name, 12) is not None
 
     resumed = _start_in_own_group(command)
     _, stderr = resumed.communicate(timeout=300)
@@ -459,7 +459,7 @@ def test_kill_9_to_the_process_group_then_the_same_command_resumes(tmp_path, ref
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
     # killed after the record of step 10, before or after the checkpoint that follows it
-    assert ckpt.load_checkpoint(job_dir, job_dir.name, 25).step in (1, 11)
+    assert ckpt.load_checkpoint(job_dir, job_dir.name, 12).step in (1, 11)
     resumed = _start_in_own_group(command)
     _, stderr = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, stderr

@@ -282,7 +282,8 @@ def _train(
         dynamic_ncols=True,
         leave=False,
     )
-    def save(next_step: int) -> None:
+
+    def save(next_step: int) -> None:  # the state at the start of ``next_step``
         probe_state = probe.state_dict() if probe is not None else None
         ckpt.save_checkpoint(
             job_dir, spec.job_id, next_step, algorithm, optimizer, interval, computation=computation, probe=probe_state

@@ -158,8 +158,12 @@ def delete_if_incomplete(job_dir: Path, queue: Mapping[str, str] | None = None) 
 
 
 def _delete_folder(job_dir: Path) -> None:
-    entries = sorted(job_dir.iterdir(), key=lambda p: (not p.name.startswith(CHECKPOINT_FILE), p.name in (LOCK_FILE, OWNER_FILE)))
-    for path in entries:
+    """Delete a job folder whose lock this process holds: checkpoints first, the lock last."""
+
+    def order(path: Path) -> tuple[bool, bool]:
+        return not path.name.startswith(CHECKPOINT_FILE), path.name in (LOCK_FILE, OWNER_FILE)
+
+    for path in sorted(job_dir.iterdir(), key=order):
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         else:
