@@ -89,3 +89,40 @@ def test_logging_the_cosine_does_not_change_training(tmp_path):
 def test_negative_frequency_is_refused():
     with pytest.raises(ConfigError, match="test_grad_cosine_freq"):
         load_job(["test_grad_cosine_freq=-1"])
+
+
+@pytest.mark.slow
+def test_a_resumed_job_records_the_same_cosines(tmp_path, monkeypatch):
+    """Stopped between two measurements of one record interval, a job resumes with the test
+    loaders where they were and the values measured so far: its records, cosines and traces
+    included, are those of a job never stopped."""
+    import os
+    import signal
+
+    from sage_bench.algorithms.erm import ERM
+    from sage_bench.run import checkpoint as ckpt
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        job = ["steps=12", "checkpoint_freq=5", "progress=false", "hparams.batch_size=16", "test_envs=[1]", "test_grad_cosine_freq=3"]
+        reference = read_records(run_job(load_job([*job, f"output_dir={tmp_path / 'reference'}"]), console=False))
+        spec = load_job([*job, f"output_dir={tmp_path / 'stopped'}"])
+        original, calls = ERM.update, iter(range(1, 100))
+
+        def update(self, minibatches):
+            if next(calls) == 8:  # step 7: step 6 measured, step 9 not yet, both in the record of step 10
+                os.kill(os.getpid(), signal.SIGTERM)
+            return original(self, minibatches)
+
+        monkeypatch.setattr(ERM, "update", update)
+        with pytest.raises(ckpt.JobInterrupted):
+            run_job(spec, console=False)
+        monkeypatch.undo()
+        assert torch.load(spec.job_dir / ckpt.CHECKPOINT_FILE, weights_only=True)["probe"] == {"position": 3, "trace": [reference[2]["test_grad_cosine_trace"][0]]}
+        resumed = read_records(run_job(spec, console=False))
+    finally:
+        torch.set_num_threads(previous)
+    drop = ("step_time", "mem_gb", "args")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in resumed] == [{k: v for k, v in r.items() if k not in drop} for r in reference]
+    assert [s for r in resumed for s, _ in r.get("test_grad_cosine_trace", [])] == [0, 3, 6, 9]

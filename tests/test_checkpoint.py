@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime
+import errno
 import itertools
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +20,7 @@ import pytest
 import torch
 
 from sage_bench.algorithms.erm import ERM
+from sage_bench.cli import main
 from sage_bench.config import load_job
 from sage_bench.records import read_records
 from sage_bench.run import checkpoint as ckpt
@@ -187,11 +190,96 @@ def test_unusable_checkpoint_is_reported_and_the_job_starts_over(
     monkeypatch.undo()
     spoil(spec.job_dir / ckpt.CHECKPOINT_FILE, spec)
 
+    spoiled = (spec.job_dir / ckpt.CHECKPOINT_FILE).read_bytes()
+
     run_job(spec)
     assert comparable(spec.job_dir) == reference
     log = (spec.job_dir / "out.txt").read_text()
     assert reason in log and "starting again from step 0" in log
     assert not (spec.job_dir / ckpt.CHECKPOINT_FILE).exists()
+    (aside,) = spec.job_dir.glob(ckpt.CHECKPOINT_FILE + ".unusable-*")  # kept for a look, not deleted
+    assert aside.read_bytes() == spoiled and f"moved it to {aside}" in log
+
+
+@pytest.mark.parametrize("code", [errno.EIO, errno.ESTALE])
+def test_a_checkpoint_that_cannot_be_read_from_disk_fails_the_job_and_stays(tmp_path, monkeypatch, reference, code):
+    """An I/O error (a failing disk, a stale NFS handle) is not a bad checkpoint: the job fails,
+    so that it is retried, and the checkpoint is left as it is; the retry resumes from it."""
+    spec = load_job([*SHORT, f"output_dir={tmp_path}"])
+    signal_at_update(monkeypatch, call=14)
+    with pytest.raises(ckpt.JobInterrupted):
+        run_job(spec)
+    monkeypatch.undo()
+    saved = (spec.job_dir / ckpt.CHECKPOINT_FILE).read_bytes()
+
+    def failing_read(f, *args, **kwargs):
+        f.read(100)
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(torch, "load", failing_read)
+    with pytest.raises(OSError, match="cannot read the checkpoint .* it is kept"):
+        run_job(spec)
+    monkeypatch.undo()
+    assert (spec.job_dir / ckpt.CHECKPOINT_FILE).read_bytes() == saved
+    assert not list(spec.job_dir.glob("*.unusable-*"))
+    assert os.strerror(code) in (spec.job_dir / "err.txt").read_text()
+    run_job(spec)
+    assert comparable(spec.job_dir) == reference
+    assert "resumed from the checkpoint before step 14" in (spec.job_dir / "out.txt").read_text()
+
+
+def _stored_computation(path: Path, **changes) -> None:
+    payload = torch.load(path, weights_only=True)
+    for key, value in changes.items():
+        section, _, name = key.partition("__")
+        if name:
+            payload["computation"][section][name] = value
+        else:
+            payload["computation"][section] = value
+    torch.save(payload, path)
+
+
+@pytest.mark.parametrize(
+    "change, said",
+    [
+        # an upgrade that changed a default: the old optimizer state must not continue as the new
+        ({"hparams__lr": 0.0005}, "hparams.lr was 0.0005, now 0.001"),
+        ({"sage_bench": "0.0.9"}, "sage-bench 0.0.9 wrote it, this is "),
+        # written in another precision
+        ({"args__autocast": "none"}, "args.autocast was 'none', now 'bf16'"),
+        ({"version": 1}, "an older sage-bench wrote it without the hyperparameters"),
+    ],
+)
+def test_a_checkpoint_of_another_computation_is_refused_until_asked_to_start_over(
+    tmp_path, monkeypatch, capsys, reference, change, said
+):
+    command = [*SHORT, f"output_dir={tmp_path}"]
+    spec = load_job(command)
+    signal_at_update(monkeypatch, call=14)
+    with pytest.raises(ckpt.JobInterrupted):
+        run_job(spec)
+    monkeypatch.undo()
+    path = spec.job_dir / ckpt.CHECKPOINT_FILE
+    if change.get("version"):
+        payload = torch.load(path, weights_only=True)
+        payload["version"] = 1
+        del payload["computation"]
+        torch.save(payload, path)
+    else:
+        _stored_computation(path, **change)
+    saved = path.read_bytes()
+
+    assert main(["train", *command]) == 2
+    err = capsys.readouterr().err
+    assert said in err and "--start-over" in err and "delete_incomplete" in err
+    assert path.read_bytes() == saved  # nothing resumed, nothing lost
+    assert said in (spec.job_dir / "err.txt").read_text()
+
+    assert main(["train", *command, "--start-over"]) == 0
+    (aside,) = spec.job_dir.glob(ckpt.CHECKPOINT_FILE + ".unusable-*")
+    assert aside.read_bytes() == saved
+    assert comparable(spec.job_dir) == reference
+    assert "starting over from step 0 as asked" in (spec.job_dir / "out.txt").read_text()
 
 
 @pytest.mark.slow
@@ -282,3 +370,117 @@ def test_a_job_runs_in_one_process_at_a_time(tmp_path):
             with job_lock(spec.job_dir, wait_s=0.2):
                 pass
     assert not is_running(spec.job_dir)
+
+
+# -- preemption: the whole process group, with data-loading workers --------------------------
+
+WORKERS = ["dataset=ColoredDigits", "num_workers=1", "steps=12", "checkpoint_freq=10", "progress=false", "hparams.batch_size=16"]
+
+
+@pytest.fixture(scope="module")
+def reference_with_workers(tmp_path_factory) -> list[dict]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return comparable(run_job(load_job([*WORKERS, f"output_dir={tmp_path_factory.mktemp('workers')}"])))
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _start_in_own_group(command: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "signum, kill_workers", [(signal.SIGTERM, False), (signal.SIGINT, False), (signal.SIGTERM, True)]
+)
+def test_a_stop_signal_to_the_process_group_of_a_job_with_workers(tmp_path, reference_with_workers, signum, kill_workers):
+    """SLURM signals every process of a job (SIGTERM on preemption and scancel), a terminal every
+    process of its foreground group (Ctrl-C). The loader workers leave the signal to the main
+    process, which saves the step it is at, says so once and exits 128 + the signal; a resume
+    writes the records of an uninterrupted run. Workers killed outright after the signal
+    (SIGKILL) are part of the same stop, not a failure."""
+    command = [sys.executable, "-m", "sage_bench.cli", "train", *WORKERS, f"output_dir={tmp_path}"]
+    job_dir = load_job([*WORKERS, f"output_dir={tmp_path}"]).job_dir
+    proc = _start_in_own_group(command)
+    try:
+        deadline = time.monotonic() + 180
+        while not (job_dir / ckpt.CHECKPOINT_FILE).exists() and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.02)
+        group = os.getpgid(proc.pid)
+        assert group == proc.pid and _children(proc.pid)  # the workers are in its group
+        os.killpg(group, signal.SIGSTOP)  # hold everything mid-run, whatever the machine's speed
+        os.killpg(group, signum)
+        if kill_workers:
+            for child in _children(proc.pid):
+                os.kill(child, signal.SIGKILL)
+        os.killpg(group, signal.SIGCONT)
+        _, stderr = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 128 + signum, stderr
+    assert stderr.count("stopping after this step") == 1, stderr  # said by the main process only
+    assert not (job_dir / "err.txt").exists()
+    if not kill_workers:  # the step it was at is saved, not only the last periodic checkpoint
+        assert re.search(r"stopped by SIG\w+ before step \d+; the checkpoint is saved", stderr), stderr
+    assert ckpt.load_checkpoint(job_dir, job_dir.name, 12) is not None
+
+    resumed = _start_in_own_group(command)
+    _, stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, stderr
+    assert comparable(job_dir) == reference_with_workers
+
+
+@pytest.mark.slow
+def test_kill_9_to_the_process_group_then_the_same_command_resumes(tmp_path, reference_with_workers):
+    """SIGKILL to every process of a job (SLURM's last word after SIGTERM, the OOM killer, a node
+    lost): no chance to save; the job resumes from its last periodic checkpoint and writes the
+    records of an uninterrupted run."""
+    command = [sys.executable, "-m", "sage_bench.cli", "train", *WORKERS, f"output_dir={tmp_path}"]
+    job_dir = load_job([*WORKERS, f"output_dir={tmp_path}"]).job_dir
+    proc = _start_in_own_group(command)
+    try:
+        deadline = time.monotonic() + 180
+        while len(read_records(job_dir)) < 2 and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    # killed after the record of step 10, before or after the checkpoint that follows it
+    assert ckpt.load_checkpoint(job_dir, job_dir.name, 12).step in (1, 11)
+    resumed = _start_in_own_group(command)
+    _, stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, stderr
+    assert comparable(job_dir) == reference_with_workers
+
+
+def test_loader_workers_ignore_the_stop_signals():
+    from sage_bench.data.loaders import eval_loader, infinite_loader
+
+    class Handlers(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, index):
+            ignored = [signal.getsignal(s) is signal.SIG_IGN for s in ckpt.STOP_SIGNALS]
+            return torch.tensor(ignored + [os.getpid() != main_pid])
+
+    main_pid = os.getpid()
+    with ckpt.StopSignals():
+        batch = next(infinite_loader(Handlers(), 2, seed=0, num_workers=1))
+        assert batch.all()
+        assert all(b.all() for b in eval_loader(Handlers(), 2, num_workers=1))
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN  # this process still stops
+        assert not signal.pthread_sigmask(signal.SIG_BLOCK, [])  # nothing left blocked

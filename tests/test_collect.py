@@ -3,11 +3,13 @@ out here, robust reading, every output format, Table 1 beside the paper's, figur
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
 import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -405,15 +407,96 @@ def test_find_runs_marks_done(tmp_path):
     assert len(collection.completed().records) == 1
 
 
-def test_mixed_backbones_are_pointed_out():
-    records = [
-        rec("Toy", "ERM", [0], 0, [1, 1, 1], [1, 1, 1], backbone="clip_vit_b16"),
-        rec("Toy", "ERM", [1], 0, [1, 1, 1], [1, 1, 1], backbone="resnet50"),
-        rec("Toy", "SAGE", [0], 0, [1, 1, 1], [1, 1, 1], backbone="resnet50"),
-    ]
+def test_runs_of_different_settings_are_rows_of_their_own():
+    """Runs that differ in a setting (here the backbone) are never selected among as one sweep:
+    each setting is a row named after the differing value; the SAGE runs, all on one backbone,
+    keep their plain name."""
+    clip = _full_sweep(trials=(0,))
+    resnet = _full_sweep(trials=(0,), accs={(0, e): 0.9 for e in range(3)})
+    for r in clip:
+        r["args"]["backbone"] = "clip_vit_b16"
+    for r in resnet:
+        r["args"]["backbone"] = "resnet50"
+    sage = _full_sweep(algorithm="SAGE", trials=(0,))
+    for r in sage:
+        r["args"]["backbone"] = "resnet50"
+    records = clip + resnet + sage
+    frame = results_frame(records, "oracle").set_index(["dataset", "algorithm", "env"])
+    assert frame.loc[("Toy", "ERM (backbone=clip_vit_b16)", "0")]["mean"] == pytest.approx(50)
+    assert frame.loc[("Toy", "ERM (backbone=resnet50)", "0")]["mean"] == pytest.approx(90)
+    assert frame.loc[("Toy", "SAGE", "0")]["mean"] == pytest.approx(50)
+    assert "ERM" not in {a for _, a, _ in frame.index}
     (message,) = mixed_settings(records)
-    assert message.startswith("Toy / ERM: runs with different backbone ('clip_vit_b16', 'resnet50')")
+    assert message.startswith("Toy / ERM: runs differ in backbone (clip_vit_b16, resnet50)")
     assert mixed_settings(_full_sweep()) == []  # DomainBed's records have no backbone: one value, None
+
+
+def _seeded(records, seed=None):
+    """``records`` with ``args.seed`` set: ``seed``, or derived from each job as DomainBed's sweep does."""
+    from sage_bench.seeding import seed_hash
+
+    out = []
+    for r in records:
+        r = json.loads(json.dumps(r))
+        a = r["args"]
+        a["seed"] = seed if seed is not None else seed_hash(a["dataset"], a["algorithm"], a["test_envs"], a["hparams_seed"], a["trial_seed"])
+        out.append(r)
+    return out
+
+
+def test_a_sweep_over_seed_is_not_one_trial_picked_by_folder_order():
+    one = _seeded(_full_sweep(trials=(0,)), seed=1)
+    two = _seeded(_full_sweep(trials=(0,), accs={(0, e): 0.9 for e in range(3)}), seed=2)
+    for method in ("training-domain", "oracle"):
+        frames = [results_frame(records, method).set_index(["dataset", "algorithm", "env"]) for records in (one + two, two + one)]
+        assert frames[0].equals(frames[1])  # the order the folders were read in changes nothing
+        assert frames[0].loc[("Toy", "ERM (seed=1)", "0")]["mean"] == pytest.approx(50)
+        assert frames[0].loc[("Toy", "ERM (seed=2)", "0")]["mean"] == pytest.approx(90)
+    # seeds derived from each job (every DomainBed sweep) differ by design and split nothing
+    derived = _seeded(_full_sweep(trials=(0, 1)))
+    assert len({r["args"]["seed"] for r in derived}) == 6
+    assert set(results_frame(derived, "oracle")["algorithm"]) == {"ERM"}
+    assert mixed_settings(derived) == []
+    # ... and beside an explicit seed, they are the "per job" row
+    frame = results_frame(derived + one, "oracle")
+    assert set(frame["algorithm"]) == {"ERM (seed=per job)", "ERM (seed=1)"}
+
+
+def test_copies_of_runs_are_read_once(tmp_path, capsys):
+    """A run folder copied inside the sweep, and a folder given twice: every cell, the
+    leave-one-out ones included, is what the sweep alone gives, and the copies are named."""
+    sweep = tmp_path / "sweep"
+    for record in worked_sweep():  # one folder per job, named as sage-bench names them
+        job = json.dumps([record["args"][k] for k in ("test_envs", "trial_seed", "hparams_seed")])
+        folder = sweep / hashlib.md5(job.encode()).hexdigest()
+        folder.mkdir(parents=True, exist_ok=True)
+        r = json.loads(json.dumps(record))
+        r["args"]["output_dir"] = str(folder)
+        with open(folder / "results.jsonl", "a") as f:
+            f.write(json.dumps(r) + "\n")
+        (folder / "done").write_text("done")
+    assert main(["collect", str(sweep), "--selection", "all", "--format", "csv"]) == 0
+    alone = capsys.readouterr().out
+    frame = pd.read_csv(io.StringIO(alone), keep_default_na=False).set_index(["selection", "dataset", "env"])
+    assert float(frame.loc[("leave-one-out", "Toy", "0")]["mean"]) == pytest.approx(30)
+
+    first = sorted(p for p in sweep.iterdir())[0]
+    shutil.copytree(first, sweep / "backup" / "copy")
+    shutil.copytree(first, tmp_path / "elsewhere")  # a copy outside the sweep, given as well
+    assert main(["collect", str(sweep), str(sweep), str(first), str(tmp_path / "elsewhere"), "--selection", "all", "--format", "csv"]) == 0
+    out, err = capsys.readouterr()
+    assert out == alone
+    assert f"{sweep}: " in err and "already read" in err
+    assert "2 run folder(s) hold the same job as another and are left out" in err
+    assert str(sweep / "backup" / "copy") in err and str(tmp_path / "elsewhere") in err
+    assert "2 copies of runs left out" in err
+    # an unfinished copy, found first, never replaces the finished run
+    shutil.rmtree(sweep / "backup")
+    shutil.copytree(first, sweep / "000-unfinished")
+    (sweep / "000-unfinished" / "done").unlink()
+    with pytest.warns(UserWarning, match="hold the same job"):
+        collection = find_runs(sweep)
+    assert collection.duplicates == [(sweep / "000-unfinished", first)]
 
 
 # ---------------------------------------------------------------- figures

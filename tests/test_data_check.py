@@ -75,3 +75,55 @@ def test_terra_incognita_version_is_named_not_failed(tmp_path, monkeypatch):
 def test_unknown_name(tmp_path, capsys):
     assert main(["data", "check", "Nope", "--data-dir", str(tmp_path)]) == 2
     assert "unknown dataset(s) 'Nope'" in capsys.readouterr().err
+
+
+def test_symbolic_links_that_loop_or_leave_the_data_set_are_not_followed(pacs, tmp_path, capsys):
+    """A link back to a folder it lies in would read the images again and again (35 became 235
+    in both splits); one out of the data set's folder reads what is not the data set. Neither is
+    followed, in training or in `data check`, which names them; a link to a folder of the data
+    set that is not read otherwise is followed, as ImageFolder follows it."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+
+    from sage_bench.data.images import scan_images
+
+    dog = pacs / "PACS" / "photo" / "dog"
+    outside = tmp_path / "elsewhere"
+    write_image(outside / "x.jpg", seed=9)
+    write_image(dog / "sub" / "1.jpg", seed=10)
+    links = {
+        "loop": "..",  # the environment folder: every class again, forever
+        "self": ".",
+        "again": "sub",  # a folder already read
+        "out": str(outside),
+        "out.jpg": str(outside / "x.jpg"),
+        "broken.jpg": "nowhere.jpg",
+    }
+    for name, target in links.items():
+        (dog / name).symlink_to(target)
+    (dog / "cartoon_dogs").symlink_to(pacs / "PACS" / "cartoon" / "dog")  # inside the data set: followed
+    (pacs / "PACS" / "photo" / "elephant" / "ok.jpg").symlink_to(pacs / "PACS" / "photo" / "dog" / "0.jpg")
+
+    report = check_dataset("PACS", pacs, decode=False)
+    photo = next(e for e in report.environments if e.folder == "photo")
+    assert photo.images == 7 + 1 + 1 + 1  # sub/1.jpg, cartoon_dogs/0.jpg, elephant/ok.jpg
+    skipped = dict(report.skipped_links)
+    assert set(skipped) == {str(dog / name) for name in links}
+    assert skipped[str(dog / "loop")].startswith("loops back to")
+    assert skipped[str(dog / "self")].startswith("loops back to")
+    assert skipped[str(dog / "again")].startswith("leads to") and "already read" in skipped[str(dog / "again")]
+    assert "out of the data set's folder" in skipped[str(dog / "out")] and "out of" in skipped[str(dog / "out.jpg")]
+    assert skipped[str(dog / "broken.jpg")] == "broken link"
+    assert report.usable and any("symbolic link(s) not followed" in w for w in report.warnings)
+    assert main(["data", "check", "PACS", "--data-dir", str(pacs), "--no-decode"]) == 0
+    assert f"link not followed: {dog / 'loop'} (loops back to" in capsys.readouterr().out
+
+    with pytest.warns(UserWarning, match="6 symbolic link"):
+        dataset = PACS(pacs, test_envs=[0])
+    assert len(dataset.datasets[2]) == 10
+
+    # without problem links, the same images in the same order as torchvision's ImageFolder
+    for name in links:
+        (dog / name).unlink()
+    classes = {c: i for i, c in enumerate(PACS_CLASSES)}
+    env = pacs / "PACS" / "photo"
+    assert scan_images(env, classes).samples == make_dataset(str(env), classes, extensions=IMG_EXTENSIONS)

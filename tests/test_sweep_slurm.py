@@ -248,7 +248,8 @@ def test_status_reports_the_failed_jobs_with_their_error(digits_sweep, capsys):
     text = capsys.readouterr().out
     for job in digits_sweep.jobs[2:]:
         assert f"failed: {job.describe()}" in text and str(job.job_dir) in text
-    assert text.count("IsADirectoryError: [Errno 21] Is a directory") == 2
+    assert text.count("  reason: IsADirectoryError: [Errno 21] Is a directory") == 2
+    assert text.count("IsADirectoryError: [Errno 21] Is a directory") == 4  # the reason, then the last lines
 
 
 def test_relaunch_skips_done_jobs_and_delete_incomplete_removes_failed_ones(digits_sweep, capsys):

@@ -1,7 +1,15 @@
-"""Finding runs under folders and reading their records (through ``sage_bench.records`` only)."""
+"""Finding runs under folders and reading their records (through ``sage_bench.records`` only).
+
+Each run is read once: a folder reached twice (given twice, or inside another given folder) and
+a copy of a run (another folder holding the same job, by ``args.job_id`` or, for DomainBed's
+records, by ``args`` but ``output_dir``) are left out with a warning, since a run counted twice
+would turn leave-one-domain-out cells into ``X`` or move cells. Of the copies, the finished one
+with the most records is kept (the first found on a tie).
+"""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import warnings
@@ -10,11 +18,10 @@ from dataclasses import dataclass, field
 from numbers import Real
 from pathlib import Path
 
+from sage_bench.collect.selection import varying_settings
 from sage_bench.records import DONE_FILE, RESULTS_FILE, BadLine, iter_numbered_records
 
 REQUIRED_ARGS = ("dataset", "algorithm", "test_envs", "trial_seed", "hparams_seed")
-# ``args`` that DomainBed's grouping ignores but that make runs incomparable when they differ
-SETTING_ARGS = ("backbone", "optimizer", "steps", "holdout_fraction")
 
 
 @dataclass
@@ -33,6 +40,7 @@ class Collection:
     runs: list[Run] = field(default_factory=list)
     bad_lines: list[BadLine] = field(default_factory=list)
     skipped_records: int = 0
+    duplicates: list[tuple[Path, Path]] = field(default_factory=list)  # (left out, the run kept)
 
     @property
     def records(self) -> list[dict]:
@@ -48,13 +56,15 @@ class Collection:
 
     def completed(self) -> Collection:
         """Only the runs that finished."""
-        return Collection([run for run in self.runs if run.done], self.bad_lines, self.skipped_records)
+        return Collection([run for run in self.runs if run.done], self.bad_lines, self.skipped_records, self.duplicates)
 
     def summary(self) -> str:
         """One line: runs found, finished and not, records read, lines and records skipped."""
         text = f"{len(self.runs)} runs: {self.n_done} done, {self.n_incomplete} incomplete; {len(self.records)} records"
         if self.bad_lines or self.skipped_records:
             text += f" ({len(self.bad_lines)} unreadable lines and {self.skipped_records} incomplete records skipped)"
+        if self.duplicates:
+            text += f"; {len(self.duplicates)} copies of runs left out"
         return text
 
 
@@ -112,14 +122,20 @@ def find_runs(*folders: str | os.PathLike) -> Collection:
     line and the reason. Raises ``FileNotFoundError`` for a folder that does not exist.
     """
     collection = Collection()
+    read: set[Path] = set()  # the real paths of the run folders read
     for folder in folders:
         folder = Path(folder)
         if not folder.is_dir():
             raise FileNotFoundError(f"no such folder: {folder}")
+        again = 0
         for root, dirs, files in os.walk(folder):
             dirs.sort()
             if RESULTS_FILE not in files:
                 continue
+            if Path(root).resolve() in read:
+                again += 1
+                continue
+            read.add(Path(root).resolve())
             path = Path(root) / RESULTS_FILE
             records = []
             for number, record in iter_numbered_records(path, collection.bad_lines):
@@ -130,21 +146,57 @@ def find_runs(*folders: str | os.PathLike) -> Collection:
                 collection.skipped_records += 1
                 warnings.warn(f"{path}:{number}: skipping record ({problem})", stacklevel=2)
             collection.runs.append(Run(Path(root), records, (Path(root) / DONE_FILE).exists()))
+        if again:
+            warnings.warn(f"{folder}: {again} run folder(s) already read (a folder given twice, or inside another): read once", stacklevel=2)
+    _leave_out_copies(collection)
     return collection
 
 
+def run_identity(run: Run) -> str | None:
+    """What makes a run one job: ``args.job_id`` (sage-bench), else ``args`` but ``output_dir``
+    (DomainBed names a job's folder from the same); ``None`` for a run without records."""
+    if not run.records:
+        return None
+    args = run.records[0]["args"]
+    if "job_id" in args:
+        return str(args["job_id"])
+    return json.dumps({k: v for k, v in args.items() if k != "output_dir"}, sort_keys=True, default=str)
+
+
+def _leave_out_copies(collection: Collection) -> None:
+    by_job: dict[str, list[Run]] = defaultdict(list)
+    for run in collection.runs:
+        identity = run_identity(run)
+        if identity is not None:
+            by_job[identity].append(run)
+    left_out: set[int] = set()
+    for runs in by_job.values():
+        if len(runs) < 2:
+            continue
+        kept = max(runs, key=lambda run: (run.done, len(run.records), -runs.index(run)))
+        for run in runs:
+            if run is not kept:
+                left_out.add(id(run))
+                collection.duplicates.append((run.path, kept.path))
+    if not left_out:
+        return
+    collection.runs = [run for run in collection.runs if id(run) not in left_out]
+    listed = "; ".join(f"{copy} (kept {kept})" for copy, kept in collection.duplicates[:5])
+    more = f"; and {len(collection.duplicates) - 5} more" if len(collection.duplicates) > 5 else ""
+    warnings.warn(
+        f"{len(collection.duplicates)} run folder(s) hold the same job as another and are left out: {listed}{more}",
+        stacklevel=3,
+    )
+
+
 def mixed_settings(records: list[dict]) -> list[str]:
-    """Warnings for each (data set, algorithm) whose records differ in an ``args`` setting that
-    DomainBed's grouping ignores (backbone, optimizer, steps, holdout fraction): such runs are
-    selected among as if they were one sweep, which is rarely what is meant."""
-    values: dict[tuple[str, str, str], set[str]] = defaultdict(set)
-    for r in records:
-        args = r["args"]
-        for key in SETTING_ARGS:
-            values[(args["dataset"], args["algorithm"], key)].add(repr(args.get(key)))
+    """A note for each (data set, algorithm) whose runs differ in a setting that DomainBed's
+    grouping ignores (``selection.SETTING_ARGS``): each setting becomes a row of its own, named
+    after the differing values (``selection.row_names``), instead of being selected among as if
+    the runs were one sweep."""
     return [
-        f"{dataset} / {algorithm}: runs with different {key} ({', '.join(sorted(seen))}) are selected "
-        "among as one sweep; collect them from separate folders to compare them"
-        for (dataset, algorithm, key), seen in values.items()
-        if len(seen) > 1
+        f"{dataset} / {algorithm}: runs differ in "
+        + "; ".join(f"{key} ({', '.join(values)})" for key, values in varying.items())
+        + ": each is a row of its own, named after these values"
+        for (dataset, algorithm), varying in varying_settings(records).items()
     ]

@@ -31,7 +31,7 @@ DomainBed's behaviour kept on purpose, surprising or not:
   test environment (its out-split).
 - Incomplete runs take part like finished ones (``--completed-only`` leaves them out).
 
-Two extensions, which change nothing for DomainBed's own sweeps:
+Three extensions, which change nothing for DomainBed's own sweeps:
 
 - DomainBed identifies a configuration by ``hparams_seed`` alone. Here it is ``hparams_seed``
   together with the job's hyperparameter overrides (``args.hparams``), so a grid over e.g.
@@ -41,6 +41,14 @@ Two extensions, which change nothing for DomainBed's own sweeps:
   ``noise`` false) is a different method, not a configuration of SAGE: it is tabulated as its
   own algorithm, e.g. ``SAGE w/o noise`` (see ``algorithm_name``), so an ablation never takes
   SAGE's place in a table.
+- Runs of one algorithm that differ in what they compute besides their seeds and
+  hyperparameters (``SETTING_ARGS``: backbone, optimizer, data set options, steps,
+  ``checkpoint_freq``, holdout fraction, an explicitly set ``seed``, precision) are never
+  selected among as one sweep: each setting is a row of its own, named after the values that
+  differ, e.g. ``ERM (backbone=resnet50)`` and ``ERM (backbone=clip_vit_b16)``, or
+  ``ERM (seed=1)`` and ``ERM (seed=2)`` for a sweep over ``seed=1,2`` (see ``row_names``). The
+  ``seed`` that DomainBed's sweep (and sage-bench's by default) derives from each job differs
+  from job to job by design and does not count.
 """
 
 from __future__ import annotations
@@ -51,6 +59,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from sage_bench.seeding import seed_hash
 
 SELECTION_METHODS = ("training-domain", "leave-one-out", "oracle")
 SELECTION_NAMES = {
@@ -73,6 +83,80 @@ def algorithm_name(record: dict) -> str:
         return algorithm
     off = [s for s in VARIANT_SWITCHES.get(algorithm, ()) if hparams.get(s) is False]
     return f"{algorithm} w/o {', '.join(off)}" if off else algorithm
+
+
+# ``args`` that change what a run computes besides its data set, algorithm, test environments,
+# seeds and hyperparameters (the job identity's other keys, and the precision)
+SETTING_ARGS = (
+    "backbone", "backbone_options", "optimizer", "optimizer_options", "dataset_options", "steps",
+    "checkpoint_freq", "holdout_fraction", "seed", "autocast", "tf32", "compile",
+)  # fmt: skip
+_NOT_SETTINGS = {"backbone_options.pretrained"}  # where the weights' file lies, not what they are
+DERIVED_SEED = "per job"  # the label of a seed derived from the job, as DomainBed's sweep sets it
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+def run_setting(record: dict) -> dict[str, str]:
+    """The values of a record's ``SETTING_ARGS`` as text, dictionaries flattened (``backbone_options.weights``)."""
+    args = record["args"]
+    values = {}
+    for key in SETTING_ARGS:
+        value = args.get(key)
+        if key == "seed" and value == seed_hash(
+            args["dataset"], args["algorithm"], args["test_envs"], args["hparams_seed"], args["trial_seed"]
+        ):
+            value = DERIVED_SEED
+        if isinstance(value, dict):
+            values.update({f"{key}.{k}": _text(v) for k, v in value.items() if f"{key}.{k}" not in _NOT_SETTINGS})
+        else:
+            values[key] = _text(value)
+    return values
+
+
+def _setting_order(key: str) -> tuple[int, str]:
+    return SETTING_ARGS.index(key.split(".")[0]), key
+
+
+def varying_settings(records: list[dict]) -> dict[tuple[str, str], dict[str, list[str]]]:
+    """``{(data set, algorithm name): {setting: its values}}`` for the settings in which the
+    runs of one algorithm on one data set differ (an absent key reads ``None``)."""
+    seen: dict[tuple[str, str], list[dict[str, str]]] = defaultdict(list)
+    distinct: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for r in records:
+        setting = run_setting(r)
+        key = (r["args"]["dataset"], algorithm_name(r))
+        text = json.dumps(setting, sort_keys=True)
+        if text not in distinct[key]:
+            distinct[key].add(text)
+            seen[key].append(setting)
+    out = {}
+    for key, settings in seen.items():
+        names = set().union(*settings)
+        values = {n: sorted({s.get(n, "None") for s in settings}) for n in names}
+        varying = {n: v for n, v in sorted(values.items(), key=lambda kv: _setting_order(kv[0])) if len(v) > 1}
+        if varying:
+            out[key] = varying
+    return out
+
+
+def row_names(records: list[dict]) -> list[str]:
+    """The row each record is tabulated under: ``algorithm_name``, followed by the values of the
+    settings in which that algorithm's runs differ on some data set, e.g. ``ERM (steps=5000)``."""
+    by_algorithm: dict[str, set[str]] = defaultdict(set)
+    for (_, name), varying in varying_settings(records).items():
+        by_algorithm[name].update(varying)
+    names = []
+    for r in records:
+        name = algorithm_name(r)
+        keys = sorted(by_algorithm.get(name, ()), key=_setting_order)
+        if keys:
+            setting = run_setting(r)
+            name += " (" + ", ".join(f"{k}={setting.get(k, 'None')}" for k in keys) + ")"
+        names.append(name)
+    return names
 
 
 @dataclass(frozen=True)
@@ -104,12 +188,12 @@ def configuration(record: dict) -> tuple[int, str]:
 
 def group_records(records: list[dict]) -> dict[GroupKey, list[dict]]:
     """Records by ``(trial_seed, dataset, algorithm, test_env)``, in input order; the algorithm
-    is ``algorithm_name(record)``."""
+    is the record's row (``row_names``)."""
     groups: dict[GroupKey, list[dict]] = defaultdict(list)
-    for r in records:
+    for r, name in zip(records, row_names(records), strict=True):
         args = r["args"]
         for test_env in args["test_envs"]:
-            groups[GroupKey(args["trial_seed"], args["dataset"], algorithm_name(r), test_env)].append(r)
+            groups[GroupKey(args["trial_seed"], args["dataset"], name, test_env)].append(r)
     return dict(groups)
 
 

@@ -37,8 +37,8 @@ import pandas as pd
 from sage_bench.collect.selection import (
     SELECTION_NAMES,
     GroupKey,
-    algorithm_name,
     env_count,
+    row_names,
     sweep_accs,
 )
 from sage_bench.data.catalog import DATASET_NAMES, ENVIRONMENTS
@@ -71,12 +71,14 @@ def _ordered(names: Iterable[str], preferred: list[str]) -> list[str]:
 
 def algorithm_order(names: Iterable[str]) -> list[str]:
     """The paper's order (ERM, SAM, GSAM, SAGM, DISAM, SAGE), then other algorithms by name; an
-    ablated variant (``SAGE w/o noise``) right after its algorithm."""
+    ablated variant (``SAGE w/o noise``) right after its algorithm, and the settings of one
+    (``ERM (steps=100)``) together."""
 
     def key(name: str) -> tuple:
-        base, _, variant = name.partition(" w/o ")
+        core, _, setting = name.partition(" (")
+        base, _, variant = core.partition(" w/o ")
         rank = ALGORITHM_ORDER.index(base) if base in ALGORITHM_ORDER else len(ALGORITHM_ORDER)
-        return rank, base, variant
+        return rank, base, variant, setting
 
     return sorted(dict.fromkeys(names), key=key)
 
@@ -92,7 +94,7 @@ def results_frame(records: list[dict], selection: str) -> pd.DataFrame:
     """The tidy frame of one selection method (see the module docstring)."""
     accs = sweep_accs(selection, records)
     datasets = _ordered((r["args"]["dataset"] for r in records), TABLE1_DATASETS + DATASET_NAMES)
-    algorithms = algorithm_order(algorithm_name(r) for r in records)
+    algorithms = algorithm_order(row_names(records))
     by_cell: dict[tuple[str, str, int], list[float]] = defaultdict(list)
     by_trial: dict[tuple[str, str, int], list[float]] = defaultdict(list)
     for key, acc in sorted(accs.items(), key=lambda kv: (kv[0].trial_seed, kv[0].test_env)):

@@ -190,10 +190,15 @@ def _status(args, jobs, states) -> int:
 
 
 def _delete_incomplete(args, jobs, states) -> int:
-    import shutil
-
     from sage_bench.errors import UserError
-    from sage_bench.sweep.state import FAILED, INTERRUPTED, QUEUED, RUNNING
+    from sage_bench.sweep.state import (
+        FAILED,
+        INTERRUPTED,
+        QUEUED,
+        RUNNING,
+        delete_if_incomplete,
+        sweep_queue,
+    )
 
     doomed = [job for job in jobs if states[job.job_dir] in (FAILED, INTERRUPTED)]
     busy = sum(states[job.job_dir] in (QUEUED, RUNNING) for job in jobs)
@@ -213,9 +218,18 @@ def _delete_incomplete(args, jobs, states) -> int:
         if input("delete them? [y/N] ").strip().lower()[:1] != "y":
             print("nothing deleted")
             return 0
+    # look again, under each job's lock: a job may have been resumed, finished or queued since
+    queue = sweep_queue(doomed)
+    kept = []
     for job in doomed:
-        shutil.rmtree(job.job_dir)
-    print(f"deleted {len(doomed)} job folders")
+        state = delete_if_incomplete(job.job_dir, queue)
+        if state not in (FAILED, INTERRUPTED):
+            kept.append((job, state))
+    print(f"deleted {len(doomed) - len(kept)} job folders")
+    if kept:
+        print(f"kept {len(kept)} that changed since they were listed:")
+        for job, state in kept:
+            print(f"  {state:<13} {job.describe()}  {job.job_dir}")
     return 0
 
 

@@ -24,6 +24,11 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--dry-run", action="store_true", help="validate, print the job folder and hyperparameters, exit"
     )
+    parser.add_argument(
+        "--start-over",
+        action="store_true",
+        help="an unfinished job starts again from step 0 instead of resuming (its checkpoint is kept aside)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -47,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from sage_bench.run.checkpoint import JobInterrupted
 
     try:
-        print(run_job(spec))
+        print(run_job(spec, start_over=args.start_over))
     except JobInterrupted as exc:
         print(f"sage-bench: {spec.job_dir}: {exc}; the same command resumes it", file=sys.stderr)
         return 128 + exc.signum  # as a shell reports a process ended by that signal

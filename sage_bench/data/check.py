@@ -20,8 +20,8 @@ from sage_bench.data.domainbed import REAL_DATASETS
 from sage_bench.data.images import (
     MultiEnvironmentImageFolder,
     decode_image,
-    find_images,
     list_folders,
+    scan_images,
 )
 from sage_bench.errors import UserError
 
@@ -47,6 +47,7 @@ class CheckReport:
     warnings: list[str] = field(default_factory=list)  # usable, but not the published version
     unreadable: list[tuple[str, str]] = field(default_factory=list)
     truncated: list[str] = field(default_factory=list)
+    skipped_links: list[tuple[str, str]] = field(default_factory=list)  # (path, why), not followed
     decoded: bool = False
 
     @property
@@ -98,7 +99,9 @@ def check_dataset(name: str, data_dir: str | os.PathLike, decode: bool = True, w
     paths: list[str] = []
     for env in present:
         label = cls.ENVIRONMENTS[cls.ENV_FOLDERS.index(env)]
-        samples = find_images(root / env, class_to_idx)
+        scan = scan_images(root / env, class_to_idx, root)
+        samples = scan.samples
+        report.skipped_links += scan.skipped_links
         paths.extend(p for p, _ in samples)
         lacking = sorted(set(all_classes) - set(per_env_classes[env]))
         report.environments.append(
@@ -108,6 +111,12 @@ def check_dataset(name: str, data_dir: str | os.PathLike, decode: bool = True, w
             report.problems.append(f"environment folder {root / env} holds no images")
         if lacking:
             report.warnings.append(f"{env} lacks class folder(s): {', '.join(lacking)}")
+    if report.skipped_links:
+        report.warnings.append(
+            f"{len(report.skipped_links)} symbolic link(s) not followed (training skips them too): "
+            "they leave the data set's folder, loop back into a folder they lie in, lead to a "
+            "folder already read, or are broken; replace them with the files they point to to use them"
+        )
     if present and len(all_classes) != cls.NUM_CLASSES:
         report.warnings.append(f"{len(all_classes)} classes, expected {cls.NUM_CLASSES}")
 
@@ -176,6 +185,10 @@ def format_report(report: CheckReport, max_listed: int = 20) -> str:
         lines.append(f"  ... and {len(report.unreadable) - max_listed} more unreadable images")
     for path in report.truncated[:max_listed]:
         lines.append(f"  truncated: {path}")
+    for path, why in report.skipped_links[:max_listed]:
+        lines.append(f"  link not followed: {path} ({why})")
+    if len(report.skipped_links) > max_listed:
+        lines.append(f"  ... and {len(report.skipped_links) - max_listed} more links not followed")
     for text in report.warnings:
         lines.append(f"  warning: {text}")
     for text in report.problems:

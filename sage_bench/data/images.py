@@ -11,6 +11,12 @@ file; ``"skip"`` warns once per file and uses the next readable image of the sam
 instead, which keeps every environment's length, and so DomainBed's in/out splits, unchanged.
 ``load_truncated=True`` (the default, as DomainBed) decodes truncated images, filling the missing
 part with grey; ``False`` treats them as unreadable.
+
+Symbolic links under a class folder are followed as ``ImageFolder`` follows them, except a link
+that leads out of the data set's folder (``<data_dir>/<FOLDER>``, where it really is, or the
+environment or class folder it is read through), one that loops back to a folder it lies in,
+one to a folder already read (which would count its images twice) and a broken one: those are
+skipped with a warning, and ``sage-bench data check`` lists them (``scan_images``).
 """
 
 from __future__ import annotations
@@ -19,13 +25,14 @@ import copy
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image, ImageFile
 from torch.utils.data import Dataset
-from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
 from sage_bench.data.base import MultiDomainDataset
 from sage_bench.data.transforms import Preprocess, eval_transform, train_transform
@@ -47,10 +54,82 @@ def list_folders(path: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
 
 
+@dataclass
+class ImageScan:
+    """The images of one environment folder, and the symbolic links not followed."""
+
+    samples: list[tuple[str, int]] = field(default_factory=list)  # (path, label)
+    skipped_links: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
+
+
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _walk_class(class_dir: str, allowed: Sequence[str], skipped: list[tuple[str, str]]) -> list[tuple[str, list[str]]]:
+    """``(folder, file names)`` of every folder read under ``class_dir``, as ``os.walk`` with
+    ``followlinks=True`` would list them, less the links that the module docstring excludes."""
+    walked: list[tuple[str, list[str]]] = []
+    read: list[str] = []  # real paths of the folders read
+    links: list[tuple[str, str, str]] = []  # (link, target, real path of the folder it lies in)
+
+    def walk(path: str, real: str) -> None:
+        read.append(real)
+        files = []
+        with os.scandir(path) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                if entry.is_symlink():
+                    target = os.path.realpath(entry.path)
+                    if not os.path.exists(target):
+                        skipped.append((entry.path, "broken link"))
+                    elif not any(_within(target, folder) for folder in allowed):
+                        skipped.append((entry.path, f"leads out of the data set's folder, to {target}"))
+                    elif os.path.isdir(target):
+                        links.append((entry.path, target, real))
+                    else:
+                        files.append(entry.name)
+                elif entry.is_dir(follow_symlinks=False):
+                    walk(entry.path, os.path.join(real, entry.name))
+                else:
+                    files.append(entry.name)
+        walked.append((path, files))
+
+    walk(class_dir, os.path.realpath(class_dir))
+    # links to folders last, once every real folder is known: a link to one of them would read
+    # its images twice
+    while links:
+        link, target, parent = links.pop(0)
+        if _within(parent, target):
+            skipped.append((link, f"loops back to {target}, a folder it lies in"))
+        elif any(_within(target, folder) for folder in read):
+            skipped.append((link, f"leads to {target}, a folder already read"))
+        else:
+            walk(link, target)
+    return sorted(walked)
+
+
+def scan_images(env_dir: Path, class_to_idx: Mapping[str, int], data_root: Path | None = None) -> ImageScan:
+    """Every image under ``env_dir/<class>/`` in ``ImageFolder``'s order (sorted folders, then
+    sorted names), and the links not followed; ``data_root``: the data set's folder (default:
+    ``env_dir``'s parent)."""
+    data_root = Path(data_root) if data_root is not None else Path(env_dir).parent
+    scan = ImageScan()
+    for name in sorted(class_to_idx):
+        class_dir = Path(env_dir) / name
+        if not class_dir.is_dir():
+            continue
+        allowed = [os.path.realpath(p) for p in (data_root, env_dir, class_dir)]
+        for folder, files in _walk_class(str(class_dir), allowed, scan.skipped_links):
+            for file in sorted(files):
+                if has_file_allowed_extension(file, IMG_EXTENSIONS):
+                    scan.samples.append((os.path.join(folder, file), class_to_idx[name]))
+    return scan
+
+
 def find_images(env_dir: Path, class_to_idx: Mapping[str, int]) -> list[tuple[str, int]]:
-    """``(path, label)`` of every image under ``env_dir/<class>/``, in ``ImageFolder``'s order."""
-    present = {c: i for c, i in class_to_idx.items() if (env_dir / c).is_dir()}
-    return make_dataset(str(env_dir), present, extensions=IMG_EXTENSIONS, allow_empty=True)
+    """``(path, label)`` of every image under ``env_dir/<class>/``, in ``ImageFolder``'s order
+    (links excluded as ``scan_images`` says)."""
+    return scan_images(env_dir, class_to_idx).samples
 
 
 def decode_image(path: str | os.PathLike, load_truncated: bool = True) -> Image.Image:
@@ -174,8 +253,11 @@ class MultiEnvironmentImageFolder(MultiDomainDataset):
         self.datasets = []
         self.eval_datasets: list[ImageFolderEnvironment] = []
         self.eval_augmented: list[bool] = []  # whether environment i is evaluated through augmentation
+        skipped: list[tuple[str, str]] = []
         for i, env in enumerate(self.ENV_FOLDERS):
-            samples = find_images(self.root / env, class_to_idx)
+            scan = scan_images(self.root / env, class_to_idx, self.root)
+            samples = scan.samples
+            skipped += scan.skipped_links
             if not samples:
                 raise DatasetNotFoundError(
                     f"{self.name()} environment folder {self.root / env} holds no images; "
@@ -189,6 +271,13 @@ class MultiEnvironmentImageFolder(MultiDomainDataset):
                 environment = environment.with_transform(eval_transform(preprocess))
             self.eval_datasets.append(environment)
             self.eval_augmented.append(use_train and eval_augment)
+        if skipped:
+            path, why = skipped[0]
+            warnings.warn(
+                f"{self.name()}: {len(skipped)} symbolic link(s) not followed, e.g. {path} ({why}); "
+                f"`sage-bench data check {self.name()} --data-dir {self.data_dir}` lists them",
+                stacklevel=2,
+            )
         self.folder_class_names = class_names
         self.class_names = [readable_class_name(c) for c in class_names]
         self.num_classes = len(class_names)

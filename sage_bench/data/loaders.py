@@ -1,14 +1,59 @@
 """Loaders: one infinite, resumable stream of batches per training environment, and
-finite loaders for evaluation."""
+finite loaders for evaluation.
+
+Their worker processes (``num_workers > 0``) ignore the signals that stop a job (SIGTERM,
+SIGINT, SIGUSR2). A scheduler signals the whole process group (SLURM on preemption and
+``scancel``, a terminal on Ctrl-C); the main process alone then decides to stop after its step,
+saves a checkpoint and shuts the workers down, instead of losing them mid-step. The signals are
+blocked while workers start, so none arrives before a worker ignores it.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import signal
 from collections.abc import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from sage_bench.seeding import seed_hash
+
+# the signals that stop a job (``sage_bench.run.checkpoint.STOP_SIGNALS``): the main process's
+WORKER_IGNORED_SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """A loader worker's ``worker_init_fn``: leave the stop signals to the main process."""
+    for signum in WORKER_IGNORED_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_IGNORED_SIGNALS)
+
+
+@contextlib.contextmanager
+def _stop_signals_blocked() -> Iterator[None]:
+    """Hold the stop signals back while workers start (they inherit the mask); a signal that
+    arrives meanwhile is delivered to this process when the block ends."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_IGNORED_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+class _Loader(DataLoader):
+    """A ``DataLoader`` whose workers start with the stop signals blocked and then ignore them."""
+
+    def _get_iterator(self):
+        if self.num_workers == 0:
+            return super()._get_iterator()
+        with _stop_signals_blocked():
+            return super()._get_iterator()
+
+
+def is_worker_death(exc: BaseException) -> bool:
+    """Whether ``exc`` is PyTorch's report that a loader worker died (e.g. killed with SIGKILL)."""
+    return isinstance(exc, RuntimeError) and str(exc).startswith("DataLoader worker")
 
 
 class InfiniteBatchSampler(Sampler[list[int]]):
@@ -56,13 +101,14 @@ def infinite_loader(
     overlap with training.
     """
     sampler = InfiniteBatchSampler(len(dataset), batch_size, seed, start=start_step)
-    loader = DataLoader(
+    loader = _Loader(
         dataset,
         batch_sampler=sampler,
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
         prefetch_factor=4 if num_workers > 0 else None,
+        worker_init_fn=ignore_stop_signals if num_workers > 0 else None,
     )
     return iter(loader)
 
@@ -76,11 +122,12 @@ def eval_loader(
     environment, and persistent workers for all of them (12 loaders on DomainNet) would sit
     idle between checkpoints holding memory.
     """
-    return DataLoader(
+    return _Loader(
         dataset,
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=False,
+        worker_init_fn=ignore_stop_signals if num_workers > 0 else None,
     )

@@ -13,6 +13,9 @@ never changes training:
 
 Each record then holds ``test_grad_cosine`` (the mean of the values measured since the previous
 record) and ``test_grad_cosine_trace`` (every ``[step, cosine]`` pair since then).
+
+The probe's state (how many test batches it drew, the pairs not yet recorded) goes into the
+job's checkpoint (``state_dict``), so a resumed job records the same values as one never stopped.
 """
 
 from __future__ import annotations
@@ -75,18 +78,36 @@ class HeldOutGradientProbe:
 
     def __init__(self, test_splits: Sequence[torch.utils.data.Dataset], batch_size: int, seed: int, device: torch.device):
         self.device = device
-        with preserved_random_state():  # starting a loader draws from the global generator
-            self.loaders = [
-                infinite_loader(split, batch_size, seed=seed_hash(seed, "test_grad_cosine", i))
-                for i, split in enumerate(test_splits)
-            ]
+        self.test_splits = list(test_splits)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.position = 0  # test batches drawn so far: the loaders' state
+        self.loaders = self._loaders()
         self.trace: list[list[float]] = []
+
+    def _loaders(self) -> list[Iterator]:
+        with preserved_random_state():  # starting a loader draws from the global generator
+            return [
+                infinite_loader(split, self.batch_size, seed=seed_hash(self.seed, "test_grad_cosine", i), start_step=self.position)
+                for i, split in enumerate(self.test_splits)
+            ]
+
+    def state_dict(self) -> dict[str, object]:
+        """What a checkpoint keeps: the loaders' position and the pairs not yet recorded."""
+        return {"position": self.position, "trace": [list(pair) for pair in self.trace]}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state_dict()``'s state."""
+        self.position = int(state["position"])
+        self.trace = [[int(step), float(cosine)] for step, cosine in state["trace"]]
+        self.loaders = self._loaders()
 
     def measure(self, step: int, algorithm: Algorithm, train_batches: Minibatches) -> float:
         """Measure at ``step`` (before its update); returns the seconds it took."""
         start = time.time()
         with preserved_random_state():
             test_batches = [(x.to(self.device), y.to(self.device)) for x, y in (next(it) for it in self.loaders)]
+            self.position += 1
             self.trace.append([step, held_out_gradient_cosine(algorithm, train_batches, test_batches)])
         return time.time() - start
 

@@ -9,20 +9,32 @@ the last record (the next record averages them). A run resumed from it writes th
 ``results.jsonl`` values as one that was never stopped (on the CPU; ``step_time`` and ``mem_gb``
 measure the machine, not the run).
 
+It also holds what defines the computation besides the job's identity: the resolved
+hyperparameters, the records' ``args`` (where the job runs aside: ``data_dir``, ``output_dir``,
+``device``) and the sage-bench version. A job resumes only when they are unchanged
+(``check_computation``): after an upgrade that changed a default, the optimizer state of the old
+values must not continue under records that claim the new ones.
+
 The file is written to a temporary name and renamed over the previous one, so a job killed
-while saving leaves the previous checkpoint intact. It is read with
-``torch.load(weights_only=True)``, which unpickles nothing but tensors and plain containers; a
-file that cannot be read, or that belongs to another job, is an ``UnusableCheckpoint``.
+while saving leaves the previous checkpoint intact; a save that fails (a full disk) removes the
+temporary file. It is read with ``torch.load(weights_only=True)``, which unpickles nothing but
+tensors and plain containers. A file that cannot be read from the disk (``OSError``: EIO, ESTALE
+on a network file system) fails the job and stays where it is, so running the job again resumes
+from it; a file whose content cannot be used (corrupt, not sage-bench's, another job's) is an
+``UnusableCheckpoint``, which the runner moves aside (``set_aside``) before starting over.
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import random
 import signal
 import sys
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -30,9 +42,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from sage_bench import __version__
+from sage_bench.errors import UserError
+
 CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT = "sage-bench checkpoint"
-VERSION = 1
+VERSION = 2  # 2: with the computation (hyperparameters, args, version) and the probe's state
+
+# ``args`` of the records that say where a job runs, not what it computes: they may change
+# between a stop and a resume (a requeue on another node, a sweep folder moved)
+PLACE_ARGS = ("data_dir", "output_dir", "device")
 
 # Signals that stop a job after the current step: SLURM and most schedulers send SIGTERM before
 # killing a job (preemption, scancel, requeue); submitit asks for SLURM's pre-timeout signal as
@@ -44,14 +63,25 @@ class UnusableCheckpoint(Exception):
     """A checkpoint file that cannot be resumed from: corrupt, foreign, or another job's."""
 
 
-class JobInterrupted(Exception):
-    """The job stopped after a step because a signal asked it to; its checkpoint is saved."""
+class CheckpointMismatch(UserError):
+    """A checkpoint written by a different computation (code version, hyperparameters, args)."""
 
-    def __init__(self, signum: int, next_step: int):
+
+class JobInterrupted(Exception):
+    """The job stopped because a signal asked it to; its checkpoint is saved.
+
+    ``next_step`` is the step the saved checkpoint resumes at; ``None`` when the job stopped
+    without saving one (it then resumes from its last periodic checkpoint).
+    """
+
+    def __init__(self, signum: int, next_step: int | None):
         self.signum = signum
         self.next_step = next_step
         name = signal.Signals(signum).name
-        super().__init__(f"stopped by {name} before step {next_step}; the checkpoint is saved")
+        if next_step is None:
+            super().__init__(f"stopped by {name}; it resumes from its last checkpoint")
+        else:
+            super().__init__(f"stopped by {name} before step {next_step}; the checkpoint is saved")
 
 
 @dataclass
@@ -63,6 +93,9 @@ class Checkpoint:
     algorithm: dict[str, Any]
     optimizer: dict[str, Any]
     rng: dict[str, Any]
+    computation: dict[str, Any] = field(default_factory=dict)  # see ``job_computation``
+    probe: dict[str, Any] | None = None  # the held-out gradient probe's state, if it ran
+    torch: str | None = None  # the PyTorch version that wrote it
 
 
 def checkpoint_path(job_dir: str | os.PathLike) -> Path:
@@ -94,6 +127,48 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+# -- what the computation is ------------------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON's plain types (tuples become lists, NumPy scalars numbers), so that it
+    survives ``torch.load(weights_only=True)`` and compares equal after a round trip."""
+    return json.loads(json.dumps(value, sort_keys=True, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
+
+
+def job_computation(hparams: Mapping[str, Any], args: Mapping[str, Any]) -> dict[str, Any]:
+    """What defines a job's computation besides its identity: the sage-bench version, the
+    resolved hyperparameters and the records' ``args`` but where it runs (``PLACE_ARGS``)."""
+    return {
+        "sage_bench": __version__,
+        "hparams": _plain(dict(hparams)),
+        "args": _plain({k: v for k, v in args.items() if k not in PLACE_ARGS}),
+    }
+
+
+def check_computation(checkpoint: Checkpoint, expected: Mapping[str, Any], path: Path) -> None:
+    """Raise ``CheckpointMismatch``, naming every difference, unless ``checkpoint`` was written by
+    the computation ``expected`` (from ``job_computation``)."""
+    stored = checkpoint.computation
+    differences = []
+    if stored.get("sage_bench") != expected["sage_bench"]:
+        differences.append(f"sage-bench {stored.get('sage_bench')} wrote it, this is {expected['sage_bench']}")
+    for section in ("hparams", "args"):
+        old, new = stored.get(section, {}), expected[section]
+        for key in sorted(set(old) | set(new)):
+            if old.get(key, "<unset>") != new.get(key, "<unset>"):
+                differences.append(f"{section}.{key} was {old.get(key, '<unset>')!r}, now {new.get(key, '<unset>')!r}")
+    if differences:
+        raise CheckpointMismatch(
+            f"will not resume from {path}: it was written by a different computation ("
+            + "; ".join(differences)
+            + "). Resuming would continue the old run under records that claim the new one. To "
+            "start the job over from step 0 (the checkpoint is kept aside), run the same "
+            "`sage-bench train` command with --start-over, or delete the job's folder "
+            "(`sage-bench sweep delete_incomplete ...`); to resume it, go back to what wrote it"
+        )
+
+
 # -- saving and loading ----------------------------------------------------------------------
 
 
@@ -104,8 +179,16 @@ def save_checkpoint(
     algorithm: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     interval: Mapping[str, list[float]],
+    *,
+    computation: Mapping[str, Any] | None = None,
+    probe: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Save the state at the start of ``step`` atomically (write, then rename); return the path."""
+    """Save the state at the start of ``step`` atomically (write, then rename); return the path.
+
+    ``computation`` comes from ``job_computation``, ``probe`` from the held-out gradient probe's
+    ``state_dict``. A failed write removes the temporary file; on a full disk the ``OSError``
+    says which file it was writing.
+    """
     payload = {
         "format": FORMAT,
         "version": VERSION,
@@ -115,13 +198,22 @@ def save_checkpoint(
         "algorithm": algorithm.state_dict(),
         "optimizer": optimizer.state_dict(),
         "rng": capture_rng_state(),
+        "computation": dict(computation or {}),
+        "probe": _plain(probe) if probe is not None else None,
+        "torch": str(torch.__version__),
     }
     path = checkpoint_path(job_dir)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)  # half a checkpoint: on a full disk, the space it took
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise OSError(errno.ENOSPC, f"no space left on device while writing {tmp}") from exc
+        raise
     os.replace(tmp, path)
     _fsync_dir(path.parent)
     return path
@@ -148,15 +240,26 @@ def _check(condition: bool, path: Path, reason: str) -> None:
 def load_checkpoint(job_dir: str | os.PathLike, job_id: str, steps: int) -> Checkpoint | None:
     """The checkpoint of job ``job_id`` in ``job_dir``, or ``None`` when there is none.
 
-    Raises ``UnusableCheckpoint`` for a file that cannot be read safely, was not written by
-    sage-bench, belongs to another job or to a step outside ``[1, steps]``.
+    Raises ``OSError`` when the file cannot be read from the disk (it stays: try again later),
+    ``UnusableCheckpoint`` for content that cannot be read safely, was not written by
+    sage-bench, belongs to another job or to a step outside ``[1, steps]``, and
+    ``CheckpointMismatch`` for a checkpoint of an older format, which does not say what
+    computation wrote it.
     """
     path = checkpoint_path(job_dir)
     path.with_name(path.name + ".tmp").unlink(missing_ok=True)  # an interrupted save
     if not path.exists():
         return None
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        # read through a Python file, so that an I/O error surfaces as the OSError it is
+        with open(path, "rb") as f:
+            payload = torch.load(f, map_location="cpu", weights_only=True)
+    except OSError as exc:
+        raise OSError(
+            exc.errno,
+            f"cannot read the checkpoint {path} ({exc.strerror or exc}); it is kept: running the "
+            "job again resumes from it",
+        ) from exc
     except Exception as exc:  # corrupt archive, truncated file, or objects weights_only refuses
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise UnusableCheckpoint(
@@ -167,6 +270,14 @@ def load_checkpoint(job_dir: str | os.PathLike, job_id: str, steps: int) -> Chec
         path,
         "not a sage-bench checkpoint",
     )
+    if payload.get("version") == 1:
+        raise CheckpointMismatch(
+            f"will not resume from {path}: an older sage-bench wrote it without the "
+            "hyperparameters and version it ran with, so resuming could mix two computations. "
+            "To start the job over from step 0 (the checkpoint is kept aside), run the same "
+            "`sage-bench train` command with --start-over, or delete the job's folder "
+            "(`sage-bench sweep delete_incomplete ...`)"
+        )
     _check(
         payload.get("version") == VERSION,
         path,
@@ -187,14 +298,19 @@ def load_checkpoint(job_dir: str | os.PathLike, job_id: str, steps: int) -> Chec
         path,
         "no partial averages",
     )
-    for key in ("algorithm", "optimizer", "rng"):
+    for key in ("algorithm", "optimizer", "rng", "computation"):
         _check(isinstance(payload.get(key), dict), path, f"no {key} state")
+    probe = payload.get("probe")
+    _check(probe is None or isinstance(probe, dict), path, "a bad probe state")
     return Checkpoint(
         step=step,
         interval={key: [float(v) for v in values] for key, values in interval.items()},
         algorithm=payload["algorithm"],
         optimizer=payload["optimizer"],
         rng=payload["rng"],
+        computation=payload["computation"],
+        probe=probe,
+        torch=payload.get("torch"),
     )
 
 
@@ -211,6 +327,23 @@ def restore_checkpoint(
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UnusableCheckpoint(f"checkpoint does not fit this job: {reason}") from exc
+
+
+def set_aside(job_dir: str | os.PathLike) -> Path | None:
+    """Rename an unusable checkpoint to ``checkpoint.pt.unusable-<UTC time>`` (kept for a look,
+    never resumed from); return its new path, or ``None`` when there was none."""
+    path = checkpoint_path(job_dir)
+    path.with_name(path.name + ".tmp").unlink(missing_ok=True)
+    base = f"{path.name}.unusable-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    aside, n = path.with_name(base), 1
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"{base}-{n}")
+    try:
+        os.replace(path, aside)
+    except FileNotFoundError:
+        return None
+    return aside
 
 
 def discard_checkpoint(job_dir: str | os.PathLike) -> None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -44,7 +44,7 @@ from sage_bench.data.eval_cache import (
     rebuild_hint,
 )
 from sage_bench.data.images import MultiEnvironmentImageFolder
-from sage_bench.data.loaders import eval_loader
+from sage_bench.data.loaders import eval_loader, is_worker_death
 from sage_bench.data.splits import EnvSplit
 from sage_bench.data.transforms import Preprocess
 from sage_bench.run.evaluate import accuracy
@@ -58,6 +58,7 @@ class Split:
     name: str
     loader: Iterable | None
     source: str
+    without_workers: Callable[[], Iterable] | None = None  # the same batches, read in this process
 
 
 def _draw_loader_seed() -> None:
@@ -74,14 +75,22 @@ class Evaluator:
         self.device = device
         self.seconds = 0.0  # spent in the last call
 
-    def __call__(self, algorithm: Algorithm) -> dict[str, float]:
+    def __call__(self, algorithm: Algorithm, stopping: Callable[[], bool] = lambda: False) -> dict[str, float]:
+        """The accuracies; ``stopping()`` tells whether a stop signal arrived, after which data-loading
+        workers killed by it (SLURM signals the whole process group) are replaced by reading in
+        this process."""
         start = time.perf_counter()
         accuracies = {}
         for split in self.splits:
             if split.loader is None:
                 _draw_loader_seed()
                 continue
-            accuracies[f"{split.name}_acc"] = accuracy(algorithm, split.loader, self.device)
+            try:
+                accuracies[f"{split.name}_acc"] = accuracy(algorithm, split.loader, self.device)
+            except RuntimeError as exc:
+                if split.without_workers is None or not stopping() or not is_worker_death(exc):
+                    raise
+                accuracies[f"{split.name}_acc"] = accuracy(algorithm, split.without_workers(), self.device)
         self.seconds = time.perf_counter() - start
         return accuracies
 
@@ -152,7 +161,11 @@ def build_evaluator(spec: JobSpec, dataset: MultiDomainDataset, splits: list[Env
         else:
             source = Subset(dataset.evaluation_environment(i), subset.indices)
             loader = eval_loader(source, spec.eval_batch_size, spec.num_workers, pin)
-            out.append(Split(name, loader, "files" if images else "memory"))
+            in_process = None
+            if spec.num_workers > 0:
+                def in_process(source=source):
+                    return eval_loader(source, spec.eval_batch_size, 0, pin)
+            out.append(Split(name, loader, "files" if images else "memory", in_process))
     evaluator = Evaluator(out, device)
     log.info(f"evaluation: {evaluator.describe()}")
     return evaluator

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ from sage_bench import __version__
 from sage_bench.algorithms import build_algorithm
 from sage_bench.config import JobSpec
 from sage_bench.data import get_dataset_class
-from sage_bench.data.loaders import infinite_loader
+from sage_bench.data.loaders import infinite_loader, is_worker_death
 from sage_bench.data.splits import split_environments
 from sage_bench.models import backbone_preprocess, build_network
 from sage_bench.optim import build_optimizer
@@ -98,15 +99,16 @@ def _format_row(values: list, width: int = 12) -> str:
     return "  ".join(fmt(v) for v in values)
 
 
-def run_job(spec: JobSpec, console: bool = True) -> Path:
+def run_job(spec: JobSpec, console: bool = True, start_over: bool = False) -> Path:
     """Train ``spec`` and write its folder ``spec.job_dir``; return that folder.
 
     ``console=False`` writes the log only to the job's ``out.txt``.
 
     A finished job (its ``done`` marker exists) is not run again; an unfinished one resumes
-    from its checkpoint. SIGTERM, SIGUSR2 or Ctrl-C stop the job after the current step with
-    a checkpoint saved (``JobInterrupted``). Raises ``JobAlreadyRunning`` when another process
-    runs the job.
+    from its checkpoint, unless ``start_over`` (the checkpoint is then moved aside) or the
+    checkpoint was written by a different computation (``CheckpointMismatch``). SIGTERM, SIGUSR2
+    or Ctrl-C stop the job after the current step with a checkpoint saved (``JobInterrupted``).
+    Raises ``JobAlreadyRunning`` when another process runs the job.
     """
     job_dir = spec.job_dir
     if is_done(job_dir):
@@ -122,20 +124,49 @@ def run_job(spec: JobSpec, console: bool = True) -> Path:
         with _job_logger(job_dir, console) as log, Tracker(log) as tracker, ckpt.StopSignals() as stop:
             (job_dir / ERROR_FILE).unlink(missing_ok=True)
             try:
+                if start_over and (aside := ckpt.set_aside(job_dir)) is not None:
+                    log.warning(f"starting over from step 0 as asked; the checkpoint is now {aside}")
                 try:
                     _train(spec, job_dir, log, stop, tracker)
                 except ckpt.UnusableCheckpoint as exc:
-                    log.warning(f"{exc}; starting again from step 0")
-                    ckpt.discard_checkpoint(job_dir)
+                    aside = ckpt.set_aside(job_dir)
+                    log.warning(f"{exc}; moved it to {aside}; starting again from step 0")
                     _train(spec, job_dir, log, stop, tracker)
             except ckpt.JobInterrupted as exc:
                 log.warning(f"job {exc}; running it again resumes from there")
                 raise
+            except RuntimeError as exc:
+                if stop.received is None or not is_worker_death(exc):
+                    _record_failure(job_dir, log, exc)
+                    raise
+                # a loader worker died after a stop signal (killed with the process group):
+                # this is the stop, and the job resumes from its last checkpoint
+                interrupted = ckpt.JobInterrupted(stop.received, None)
+                log.warning(f"job {interrupted} (a data-loading worker died: {exc})")
+                raise interrupted from exc
             except BaseException as exc:
-                (job_dir / ERROR_FILE).write_text("".join(traceback.format_exception(exc)))
-                log.error(f"job failed: {type(exc).__name__}: {exc}")
+                _record_failure(job_dir, log, exc)
                 raise
     return job_dir
+
+
+def _record_failure(job_dir: Path, log: logging.Logger, exc: BaseException) -> None:
+    """Say why the job failed in ``err.txt`` (the traceback, its last line the reason) and in
+    the log. On a full disk the reason names the file, and a short write is tried when the
+    traceback does not fit."""
+    reason = f"{type(exc).__name__}: {exc}"
+    text = "".join(traceback.format_exception(exc))
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC and "no space left" not in str(exc):
+        where = exc.filename or f"in {job_dir}"
+        reason = f"OSError: no space left on device while writing {where}"
+        text += reason + "\n"
+    for content in (text, reason + "\n"):
+        try:
+            (job_dir / ERROR_FILE).write_text(content)
+            break
+        except OSError:
+            continue
+    log.error(f"job failed: {reason}")
 
 
 def _describe(spec: JobSpec, log: logging.Logger) -> None:
@@ -171,6 +202,11 @@ def _train(
     _describe(spec, log)
     (job_dir / JOB_FILE).write_text(json.dumps(spec.record_args(), indent=2, sort_keys=True))
     resume = ckpt.load_checkpoint(job_dir, spec.job_id, spec.steps)  # None: start at step 0
+    computation = ckpt.job_computation(spec.hparams, spec.record_args())
+    if resume:
+        ckpt.check_computation(resume, computation, ckpt.checkpoint_path(job_dir))
+        if resume.torch != torch.__version__:  # numerics may differ slightly; the code is the same
+            log.warning(f"the checkpoint was written with PyTorch {resume.torch}, this is {torch.__version__}")
     start_step = resume.step if resume else 0
     tracker.start(spec.wandb, job_dir, _run_name(spec), {**spec.record_args(), "hparams": spec.hparams})
 
@@ -226,6 +262,8 @@ def _train(
     if resume:
         ckpt.restore_checkpoint(resume, algorithm, optimizer)  # the RNGs too: nothing random may follow
         interval.update(resume.interval)
+        if probe is not None and resume.probe is not None:
+            probe.load_state_dict(resume.probe)
         kept = truncate_records(job_dir, start_step)
         log.info(f"resumed from the checkpoint before step {start_step} ({kept} records kept)")
     else:
@@ -239,12 +277,24 @@ def _train(
         dynamic_ncols=True,
         leave=False,
     )
+
+    def save(next_step: int) -> None:  # the state at the start of ``next_step``
+        probe_state = probe.state_dict() if probe is not None else None
+        ckpt.save_checkpoint(
+            job_dir, spec.job_id, next_step, algorithm, optimizer, interval, computation=computation, probe=probe_state
+        )
+
     for step in bar:
         start = time.time()
-        minibatches = [
-            (x.to(device, non_blocking=pin), y.to(device, non_blocking=pin))
-            for x, y in (next(it) for it in train_iterators)
-        ]
+        try:
+            batches = [next(it) for it in train_iterators]
+        except RuntimeError as exc:
+            if stop.received is None or not is_worker_death(exc):
+                raise
+            if step > start_step:  # workers killed after a stop signal: stop before this step
+                save(step)
+            raise ckpt.JobInterrupted(stop.received, step if step > start_step else None) from exc
+        minibatches = [(x.to(device, non_blocking=pin), y.to(device, non_blocking=pin)) for x, y in batches]
         if probe is not None and step % spec.test_grad_cosine_freq == 0:
             start += probe.measure(step, algorithm, minibatches)  # not part of the step's time
         stats = algorithm.update(minibatches)
@@ -259,7 +309,7 @@ def _train(
             record: dict = {"step": step, "epoch": step / steps_per_epoch}
             for key, values in interval.items():
                 record[key] = float(np.mean(values))
-            record.update(evaluate(algorithm))
+            record.update(evaluate(algorithm, stopping=lambda: stop.received is not None))
             record["eval_time"] = evaluate.seconds
             if probe is not None:
                 record.update(probe.record())
@@ -282,7 +332,7 @@ def _train(
                 )
             )
         if not last and (step % spec.checkpoint_freq == 0 or stop.received is not None):
-            ckpt.save_checkpoint(job_dir, spec.job_id, step + 1, algorithm, optimizer, interval)
+            save(step + 1)
             if stop.received is not None:
                 raise ckpt.JobInterrupted(stop.received, step + 1)
     bar.close()

@@ -2,8 +2,9 @@
 
 A finished job keeps its records (``results.jsonl``), its log and arguments, and its final model
 only when ``save_final_model=true``; its checkpoint is deleted when it finishes. While it runs
-it also holds one checkpoint: the network's weights and the optimizer's state. The sweep needs
-what its jobs keep plus one checkpoint per job that runs at the same time.
+it also holds a checkpoint (the network's weights and the optimizer's state), and two while it
+saves one: the new one is written in full before it replaces the old. The sweep needs what its
+jobs keep plus two checkpoints per job that runs at the same time.
 
 Weights and optimizer state are measured, not guessed: the network and optimizer of each
 distinct (data set, backbone, optimizer) are built on PyTorch's ``meta`` device, which has
@@ -27,6 +28,7 @@ _LOG_BYTES = 4096  # out.txt's header (environment, arguments, hyperparameters),
 _LOG_ROW_BYTES = 100  # one row of out.txt per record
 _EXTRA_FLOATS = 8  # room for the floats an algorithm's update returns besides the loss
 _WANDB_BYTES = 1 << 20  # an offline wandb run of one job, roughly
+CHECKPOINTS_WHILE_SAVING = 2  # a running job's checkpoints at once: the old stays until the new is written
 
 
 def format_bytes(n: float) -> str:
@@ -133,7 +135,7 @@ class DiskEstimate:
 
     @property
     def needed(self) -> int:
-        return self.kept + min(self.concurrency, self.n_jobs) * self.checkpoint
+        return self.kept + min(self.concurrency, self.n_jobs) * CHECKPOINTS_WHILE_SAVING * self.checkpoint
 
     def describe(self, free: int | None = None) -> str:
         if self.n_jobs == 0:
@@ -142,8 +144,8 @@ class DiskEstimate:
         text = (
             f"disk: {self.n_jobs} jobs keep {format_bytes(self.kept)} once finished "
             f"({format_bytes(self.kept / self.n_jobs)} each); while running, a job also holds a "
-            f"checkpoint of up to {format_bytes(self.checkpoint)} (deleted when it finishes), "
-            f"{running} at a time: {format_bytes(self.needed)} needed"
+            f"checkpoint of up to {format_bytes(self.checkpoint)}, two while it saves one "
+            f"(deleted when it finishes), {running} at a time: {format_bytes(self.needed)} needed"
         )
         if free is not None:
             text += f", {format_bytes(free)} free"

@@ -26,7 +26,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from sage_bench.config import CONFIG_MODULE
 from sage_bench.errors import ConfigError, UserError
 from sage_bench.sweep.plan import SweepJob
-from sage_bench.sweep.state import write_launch_record
+from sage_bench.sweep.state import DONE, RUNNING, failure_reason, job_state, write_launch_record
 
 # -- configuration (values and comments live in configs/launcher/*.yaml) ---------------------
 
@@ -116,7 +116,8 @@ class Launcher(Protocol):
     concurrency: int  # most jobs running at the same time
 
     def launch(self, jobs: Sequence[SweepJob]) -> int:
-        """Launch ``jobs``; return how many of them failed (0 for launchers that do not wait)."""
+        """Launch ``jobs``; return how many of them failed (0 for launchers that do not wait;
+        a job that another process runs or ran is not a failure)."""
         ...
 
 
@@ -144,7 +145,7 @@ class SubprocessLauncher:
         pending = list(enumerate(jobs, start=1))
         free = list(self.slots)
         running: dict[subprocess.Popen, tuple[int, SweepJob, dict[str, str]]] = {}
-        failed = 0
+        failed = elsewhere = 0
         try:
             while pending or running:
                 while pending and free:
@@ -161,10 +162,21 @@ class SubprocessLauncher:
                 for proc in [p for p in running if p.poll() is not None]:
                     number, job, slot = running.pop(proc)
                     free.append(slot)
-                    if proc.returncode != 0:
+                    if proc.returncode == 0:
+                        continue
+                    # another launch of the same sweep may run (or have run) this job
+                    state = job_state(job.job_dir)
+                    if state == DONE:
+                        print(f"[{number}/{len(jobs)}] done by another process: {job.job_dir}", flush=True)
+                    elif state == RUNNING:
+                        elsewhere += 1
+                        print(f"[{number}/{len(jobs)}] running in another process: {job.job_dir}", flush=True)
+                    else:
                         failed += 1
+                        reason = failure_reason(job.job_dir)
                         print(
-                            f"[{number}/{len(jobs)}] exited with code {proc.returncode}: {job.job_dir}",
+                            f"[{number}/{len(jobs)}] exited with code {proc.returncode}: {job.job_dir}"
+                            + (f"\n    {reason}" if reason else ""),
                             flush=True,
                         )
                 if running:
@@ -178,6 +190,12 @@ class SubprocessLauncher:
             for proc in running:
                 proc.wait()
             raise
+        if elsewhere:
+            print(
+                f"{elsewhere} of {len(jobs)} jobs are running in another process; "
+                "`sage-bench sweep status` shows when they are done",
+                flush=True,
+            )
         return failed
 
 

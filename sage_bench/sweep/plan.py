@@ -92,8 +92,9 @@ def expand_grid(overrides: Sequence[str]) -> list[list[str]]:
 
 def hydra_string(value: str) -> str:
     """``value`` as a Hydra override value: quoted when it holds characters Hydra's grammar
-    reads as syntax (a comma would make a sweep, a space or a quote would not parse)."""
-    if re.fullmatch(r"[\w./@:+-]+", value):
+    reads as syntax (a comma would make a sweep, a space or a quote would not parse) or that it
+    does not accept unquoted (any non-ASCII letter, as in ``résultats``)."""
+    if re.fullmatch(r"[\w./@:+-]+", value, flags=re.ASCII):
         return value
     return "'" + value.replace("'", "\\'") + "'"
 

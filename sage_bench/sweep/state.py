@@ -8,11 +8,13 @@
   failure...); launching it again resumes from its checkpoint;
 - ``not launched``: no folder yet.
 
-The middle four are DomainBed's "incomplete".
+The middle four are DomainBed's "incomplete". ``delete_if_incomplete`` deletes a failed or
+interrupted job's folder only after looking again while it holds the job's lock.
 """
 
 from __future__ import annotations
 
+import errno
 import getpass
 import json
 import os
@@ -24,8 +26,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sage_bench.records import ERROR_FILE, is_done
-from sage_bench.run.lock import is_running
+from sage_bench.records import ERROR_FILE, LOG_FILE, is_done
+from sage_bench.run.checkpoint import CHECKPOINT_FILE
+from sage_bench.run.lock import LOCK_FILE, OWNER_FILE, JobAlreadyRunning, is_running, job_lock
 from sage_bench.sweep.plan import SweepJob
 
 DONE = "done"
@@ -100,13 +103,14 @@ def slurm_queue() -> dict[str, str] | None:
     return queue
 
 
-def job_state(job_dir: Path, queue: Mapping[str, str] | None = None) -> str:
-    """The state of one job folder (see the module docstring); ``queue`` from ``slurm_queue``."""
+def job_state(job_dir: Path, queue: Mapping[str, str] | None = None, *, locked: bool = False) -> str:
+    """The state of one job folder (see the module docstring); ``queue`` from ``slurm_queue``;
+    ``locked``: this process holds the job's lock, so no other process runs it."""
     if is_done(job_dir):
         return DONE
     if not job_dir.exists():
         return NOT_LAUNCHED
-    if is_running(job_dir):
+    if not locked and is_running(job_dir):
         return RUNNING
     slurm_id = read_launch_record(job_dir).get("slurm_job_id")
     if queue and slurm_id in queue:
@@ -119,12 +123,56 @@ def job_state(job_dir: Path, queue: Mapping[str, str] | None = None) -> str:
     return INTERRUPTED
 
 
+def sweep_queue(jobs: Sequence[SweepJob]) -> dict[str, str] | None:
+    """SLURM's queue (``slurm_queue``) if some job of the sweep was submitted to SLURM."""
+    if any((job.job_dir / LAUNCH_FILE).exists() for job in jobs):
+        return slurm_queue()
+    return None
+
+
 def sweep_states(jobs: Sequence[SweepJob]) -> dict[Path, str]:
     """The state of every job, by job folder (one ``squeue`` call for the whole sweep)."""
-    queue = None
-    if any((job.job_dir / LAUNCH_FILE).exists() for job in jobs):
-        queue = slurm_queue()
+    queue = sweep_queue(jobs)
     return {job.job_dir: job_state(job.job_dir, queue) for job in jobs}
+
+
+def delete_if_incomplete(job_dir: Path, queue: Mapping[str, str] | None = None) -> str:
+    """Delete the folder of a failed or interrupted job; return the state the job was in.
+
+    The state is looked at again while holding the job's lock (without waiting for it), so a
+    job that was resumed, finished or queued since the caller looked is kept (its state is
+    returned), and no process can start it while its folder goes. The checkpoint goes first: a
+    deletion cut short leaves a job that starts over, never one that resumes without its
+    records. A process that starts the job during the deletion keeps the folder it recreates.
+    """
+    if not job_dir.exists():
+        return NOT_LAUNCHED
+    try:
+        with job_lock(job_dir, wait_s=0):
+            state = job_state(job_dir, queue, locked=True)
+            if state in (FAILED, INTERRUPTED):
+                _delete_folder(job_dir)
+            return state
+    except JobAlreadyRunning:
+        return RUNNING
+
+
+def _delete_folder(job_dir: Path) -> None:
+    """Delete a job folder whose lock this process holds: checkpoints first, the lock last."""
+
+    def order(path: Path) -> tuple[bool, bool]:
+        return not path.name.startswith(CHECKPOINT_FILE), path.name in (LOCK_FILE, OWNER_FILE)
+
+    for path in sorted(job_dir.iterdir(), key=order):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    try:
+        job_dir.rmdir()
+    except OSError as exc:  # another process started the job meanwhile: the folder is its own
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
+            raise
 
 
 def tail(path: Path, lines: int) -> list[str]:
@@ -141,7 +189,8 @@ def tail(path: Path, lines: int) -> list[str]:
 
 
 def error_tail(job_dir: Path, lines: int = 10) -> tuple[Path | None, list[str]]:
-    """Where a stopped job says why: the end of ``err.txt``, else of its SLURM error log."""
+    """Where a stopped job says why: the end of ``err.txt``, else of its SLURM error log, else
+    the ``job failed: ...`` line of its log (when the disk was too full for ``err.txt``)."""
     candidates = [job_dir / ERROR_FILE]
     log = read_launch_record(job_dir).get("log")
     if log:
@@ -150,7 +199,17 @@ def error_tail(job_dir: Path, lines: int = 10) -> tuple[Path | None, list[str]]:
         text = tail(path, lines)
         if any(line.strip() for line in text):
             return path, text
+    failed = [line for line in tail(job_dir / LOG_FILE, lines) if line.startswith("job failed: ")]
+    if failed:
+        return job_dir / LOG_FILE, failed[-1:]
     return None, []
+
+
+def failure_reason(job_dir: Path) -> str | None:
+    """The last non-empty line of ``error_tail``: the exception that stopped the job."""
+    _, text = error_tail(job_dir, 10)
+    lines = [line.strip() for line in text if line.strip()]
+    return lines[-1] if lines else None
 
 
 def format_status(
@@ -176,6 +235,9 @@ def format_status(
         out.append("")
         out.append(f"{state}: {job.describe()}")
         out.append(f"  {job.job_dir}")
+        reason = [line.strip() for line in text if line.strip()]
+        if reason:
+            out.append(f"  reason: {reason[-1]}")
         if path is not None:
             out.append(f"  last lines of {path}:")
             out.extend(f"    {line}" for line in text)
