@@ -26,6 +26,9 @@ from pathlib import Path
 from typing import Any
 
 RESULTS_FILE = "results.jsonl"
+MEASUREMENT_KEYS = ("step_time", "eval_time", "mem_gb")
+"""Record keys that measure the machine (time, memory), not the run: a resumed run writes the
+same records as an uninterrupted one except for these."""
 DONE_FILE = "done"
 LOG_FILE = "out.txt"
 ERROR_FILE = "err.txt"

@@ -14,7 +14,7 @@ from torch.utils.data import TensorDataset
 from sage_bench.algorithms import build_algorithm
 from sage_bench.config import load_job
 from sage_bench.errors import ConfigError
-from sage_bench.records import read_records
+from sage_bench.records import MEASUREMENT_KEYS, read_records
 from sage_bench.run import run_job
 from sage_bench.run.alignment import HeldOutGradientProbe, held_out_gradient_cosine
 from tests.nets import domains, tiny_mlp
@@ -123,6 +123,6 @@ def test_a_resumed_job_records_the_same_cosines(tmp_path, monkeypatch):
         resumed = read_records(run_job(spec, console=False))
     finally:
         torch.set_num_threads(previous)
-    drop = ("step_time", "mem_gb", "args")
+    drop = (*MEASUREMENT_KEYS, "args")
     assert [{k: v for k, v in r.items() if k not in drop} for r in resumed] == [{k: v for k, v in r.items() if k not in drop} for r in reference]
     assert [s for r in resumed for s, _ in r.get("test_grad_cosine_trace", [])] == [0, 3, 6, 9]

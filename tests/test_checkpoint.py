@@ -22,7 +22,7 @@ import torch
 from sage_bench.algorithms.erm import ERM
 from sage_bench.cli import main
 from sage_bench.config import load_job
-from sage_bench.records import read_records
+from sage_bench.records import MEASUREMENT_KEYS, read_records
 from sage_bench.run import checkpoint as ckpt
 from sage_bench.run import run_job
 from sage_bench.run.lock import JobAlreadyRunning, is_running, job_lock
@@ -45,7 +45,7 @@ def comparable(job_dir: Path) -> list[dict]:
     """The records without what measures the machine (time, memory) or names the folder."""
     records = []
     for record in read_records(job_dir):
-        record = {k: v for k, v in record.items() if k not in ("step_time", "mem_gb", "eval_time")}
+        record = {k: v for k, v in record.items() if k not in MEASUREMENT_KEYS}
         record["args"] = {k: v for k, v in record["args"].items() if k != "output_dir"}
         records.append(record)
     return records

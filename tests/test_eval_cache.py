@@ -16,7 +16,7 @@ from sage_bench.config import load_job
 from sage_bench.data import PACS
 from sage_bench.data import eval_cache as ec
 from sage_bench.data.transforms import CLIP_MEAN, CLIP_STD, Preprocess, eval_transform
-from sage_bench.records import read_records
+from sage_bench.records import MEASUREMENT_KEYS, read_records
 from tests.imagetree import PACS_CLASSES, PACS_ENVS, make_tree, write_image
 
 SIZE = 32  # clip_tiny's input size
@@ -69,7 +69,7 @@ def _train(tmp_path, out, *extra):
 
 
 def _comparable(records):
-    return [{k: v for k, v in r.items() if k not in ("step_time", "mem_gb", "eval_time", "args")} for r in records]
+    return [{k: v for k, v in r.items() if k not in (*MEASUREMENT_KEYS, "args")} for r in records]
 
 
 @pytest.mark.slow

@@ -9,11 +9,11 @@ from sage_bench.collect import find_runs, render, sweep_accs
 from sage_bench.collect.loading import record_problem
 from sage_bench.collect.selection import GroupKey
 from sage_bench.config import load_job
-from sage_bench.records import read_records
+from sage_bench.records import MEASUREMENT_KEYS, read_records
 from sage_bench.run import run_job
 from tests.imagetree import PACS_CLASSES, PACS_ENVS, make_tree
 
-TIMINGS = ("step_time", "mem_gb", "eval_time")
+TIMINGS = MEASUREMENT_KEYS
 
 
 def _run(overrides: list[str]):

@@ -18,7 +18,7 @@ import torch
 from sage_bench.algorithms.erm import ERM
 from sage_bench.cli import main
 from sage_bench.config import load_job
-from sage_bench.records import read_records
+from sage_bench.records import MEASUREMENT_KEYS, read_records
 from sage_bench.run import checkpoint as ckpt
 from sage_bench.run import run_job
 from sage_bench.run.lock import is_running, job_lock
@@ -49,7 +49,7 @@ def definition(out: Path, *extra: str, envs: tuple[str, ...] = ("0",)) -> list[s
 def comparable(job_dir: Path) -> list[dict]:
     records = []
     for record in read_records(job_dir):
-        record = {k: v for k, v in record.items() if k not in ("step_time", "mem_gb")}
+        record = {k: v for k, v in record.items() if k not in MEASUREMENT_KEYS}
         record["args"] = {k: v for k, v in record["args"].items() if k != "output_dir"}
         records.append(record)
     return records

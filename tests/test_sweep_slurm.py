@@ -23,7 +23,7 @@ import torch
 
 from sage_bench.cli import main
 from sage_bench.config import load_job
-from sage_bench.records import read_records
+from sage_bench.records import MEASUREMENT_KEYS, read_records
 from sage_bench.run import run_job
 from sage_bench.sweep import Sweep
 from sage_bench.sweep.plan import SweepJob
@@ -79,7 +79,7 @@ def diagnose(job_dir: Path) -> str:
 def comparable(job_dir: Path) -> list[dict]:
     records = []
     for record in read_records(job_dir):
-        record = {k: v for k, v in record.items() if k not in ("step_time", "mem_gb", "eval_time")}
+        record = {k: v for k, v in record.items() if k not in MEASUREMENT_KEYS}
         record["args"] = {
             k: v for k, v in record["args"].items() if k not in ("output_dir", "device")
         }
