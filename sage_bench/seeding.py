@@ -6,7 +6,6 @@ import hashlib
 import random
 
 import numpy as np
-import torch
 
 
 def seed_hash(*args: object) -> int:
@@ -20,6 +19,8 @@ def seed_hash(*args: object) -> int:
 
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and PyTorch's global generators (all devices)."""
+    import torch  # here, so that seed_hash (used by the collector) needs no torch
+
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
