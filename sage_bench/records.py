@@ -7,8 +7,12 @@ A job writes, in its own folder (DomainBed's layout, so DomainBed's ``collect_re
   ``env{i}_out_acc`` for every environment, ``step_time``, ``eval_time`` (seconds the
   checkpoint's evaluation took), ``mem_gb``, ``hparams`` and ``args`` (``args`` holds DomainBed's
   argument names: ``dataset``, ``algorithm``, ``test_envs``, ``hparams_seed``, ``trial_seed``,
-  ``seed``, ...). With ``args.eval_splits == "selection"`` the training environments'
-  ``env{i}_in_acc`` are absent (not evaluated: no model selection method reads them);
+  ``seed``, ..., and ``computed_in``, the precision the job ran in; records written before
+  ``precision.*`` existed hold ``autocast`` instead). With ``args.eval_splits == "selection"``
+  the training environments' ``env{i}_in_acc`` are absent (not evaluated: no model selection
+  method reads them). Algorithms that perturb weights add ``grad_change``,
+  ``perturbation_fidelity`` (measured on the step of the record) and, for SAGE, ``noise_ratio``
+  (``sage_bench.precision``);
 - ``done``: written last, when the job finished;
 - ``out.txt`` / ``err.txt``: the log and, for a failed job, the error.
 """

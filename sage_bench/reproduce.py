@@ -27,34 +27,51 @@ SELECTION = "training-domain"
 
 @dataclass(frozen=True)
 class CostModel:
-    """What one job costs on one A100 (40 GB, bf16), for planning only.
+    """What one job costs on one A100 (40 GB), for planning only.
 
-    - ``erm_step_s``: one ERM step of a ViT-B/16 on 12 images at 224 px, data loading included
-      (the forward+backward is ~0.63 TFLOP; at small batch the GPU reaches a fraction of its
-      peak, and decoding 12 augmented JPEGs takes 8 workers ~15 ms).
-    - ``step_factor``: a step of each algorithm in ERM steps (the SAM family runs two passes;
-      SAGE adds its Newton-Schulz iterations, ~1.5 TFLOP per step for ViT-B/16 in TF32).
+    - Training: ``ms_per_image[arithmetic]`` for one image's forward and backward pass of a
+      ViT-B/16 at 224 px in the job's training arithmetic on CUDA (``float32`` without TF32, as
+      the paper's setting and every perturbation algorithm by default; ``tf32``; ``bfloat16``
+      autocast, ERM's default), data loading included, times the images a step reads
+      (``batch_size`` per training domain) and the algorithm's passes (``step_factor``). A
+      forward and backward pass is ~0.1 TFLOP per image; an A100 peaks at 19.5 TFLOPS in float32,
+      156 with TF32 and 312 in bf16, and reaches a smaller share of the faster peaks at these
+      batch sizes (bf16: the earlier 30 ms per 12-image step).
+    - ``step_factor``: passes per step in ERM steps: 2 for every algorithm that takes a
+      gradient at perturbed weights (the SAM family, SAGE), 1 otherwise; SAGE adds
+      ``polar_s_per_step`` for its Newton-Schulz iterations (~1.5 TFLOP in bf16).
     - Evaluation, at every checkpoint, of the splits the job evaluates (``eval_splits``: every
-      split, or what model selection reads). The GPU evaluates ``gpu_images_per_s``; the images
-      come from the evaluation cache (one core reads ``cache_images_per_s_per_core``, so the GPU
-      is the limit) or are decoded from JPEGs by ``cpu_cores`` cores at
+      split, or what model selection reads). The GPU evaluates ``gpu_images_per_s`` (bf16, the
+      default; float32 evaluation, as the paper's setting, at ``gpu_images_per_s_fp32``); the
+      images come from the evaluation cache (one core reads ``cache_images_per_s_per_core``, so
+      the GPU is the limit) or are decoded from JPEGs by ``cpu_cores`` cores at
       ``jpeg_images_per_s_per_core`` each (80 for 500-pixel photos, 110 for PACS's 227-pixel
-      images: ``benchmarks/eval_input.py``), whichever is slower: 8 cores decode 640 images/s, a
-      third of the GPU's pace. Augmented evaluations (training environments with
-      ``dataset.eval_augment=true``) are always decoded.
+      images: ``benchmarks/eval_input.py``), whichever is slower: 8 cores decode 640 images/s.
+      Augmented evaluations (training environments with ``dataset.eval_augment=true``) are
+      always decoded.
 
-    The numbers are estimates, not measurements of a whole run; pass your own. A MIG slice has a
-    fraction of an A100's compute (a 3g.20gb slice about 3/7) and usually fewer cores.
+    The numbers are estimates, not measurements of a whole run (``benchmarks/gpu_check.py``
+    measures the step times on the GPU at hand); pass your own. A MIG slice has a fraction of an
+    A100's compute (a 3g.20gb slice about 3/7) and usually fewer cores.
     """
 
-    erm_step_s: float = 0.03
+    ms_per_image: tuple[tuple[str, float], ...] = (("float32", 7.5), ("tf32", 3.0), ("bfloat16", 2.5))
+    polar_s_per_step: float = 0.01
     gpu_images_per_s: float = 2000.0
+    gpu_images_per_s_fp32: float = 450.0
     cpu_cores: int = 8
     jpeg_images_per_s_per_core: float = 80.0
     cache_images_per_s_per_core: float = 7000.0
-    step_factor: tuple[tuple[str, float], ...] = (
-        ("ERM", 1.0), ("SAM", 2.0), ("GSAM", 2.0), ("SAGM", 2.0), ("DISAM", 2.0), ("SAGE", 2.4),
-    )  # fmt: skip
+
+    def step_seconds(self, job: SweepJob) -> float:
+        """Seconds of one training step of ``job`` on a whole A100."""
+        spec = job.spec
+        computed = spec.resolved_precision_on("cuda").describe()
+        arithmetic = computed["train"] if computed["train"] != "float32" or not computed["tf32"] else "tf32"
+        images = spec.hparams["batch_size"] * (len(get_dataset_class(spec.dataset).ENVIRONMENTS) - len(spec.test_envs))
+        perturbs = spec.perturbs_weights()
+        seconds = images * dict(self.ms_per_image)[arithmetic] / 1000 * (2.0 if perturbs else 1.0)
+        return seconds + (self.polar_s_per_step if spec.algorithm == "SAGE" else 0.0)
 
     def checkpoint_images(self, job: SweepJob, cached: bool, eval_splits: str | None = None) -> tuple[int, int]:
         """Images one checkpoint evaluates: (from the cache, decoded from JPEGs)."""
@@ -77,12 +94,12 @@ class CostModel:
         """GPU hours of ``job``; ``cached``: with the evaluation cache; ``eval_splits``: instead of the job's."""
         spec = job.spec
         evaluations = spec.steps // spec.checkpoint_freq + 1
-        factor = dict(self.step_factor).get(spec.algorithm, 2.0)
         from_cache, from_jpeg = self.checkpoint_images(job, cached, eval_splits)
-        cache_rate = min(self.gpu_images_per_s, self.cpu_cores * self.cache_images_per_s_per_core)
-        jpeg_rate = min(self.gpu_images_per_s, self.cpu_cores * self.jpeg_images_per_s_per_core)
+        gpu = self.gpu_images_per_s if spec.resolved_precision_on("cuda").eval is not None else self.gpu_images_per_s_fp32
+        cache_rate = min(gpu, self.cpu_cores * self.cache_images_per_s_per_core)
+        jpeg_rate = min(gpu, self.cpu_cores * self.jpeg_images_per_s_per_core)
         evaluation = evaluations * (from_cache / cache_rate + from_jpeg / jpeg_rate)
-        return (spec.steps * self.erm_step_s * factor + evaluation) / 3600
+        return (spec.steps * self.step_seconds(job) + evaluation) / 3600
 
 
 def table1_sweep(output_dir: str | Path, data_dir: str | Path | None = None, trials: int = 3,
@@ -143,8 +160,9 @@ def describe_plan(jobs: Sequence[SweepJob], cost: CostModel = CostModel(), cache
     lines.append(
         f"(A100-hours: as planned, eval_splits={splits}, evaluation cache found for "
         f"{', '.join(sorted(cached)) or 'no data set'}; with every data set cached; DomainBed's evaluation of "
-        f"every split from JPEGs. Estimate: {cost.erm_step_s * 1000:.0f} ms per ERM step, evaluation at "
-        f"{cost.gpu_images_per_s:,.0f} images/s from the cache or {cost.cpu_cores} cores x "
+        f"every split from JPEGs. Estimate: {dict(cost.ms_per_image)['float32']:.1f} ms per image of a "
+        f"float32 training pass, evaluation at {cost.gpu_images_per_s:,.0f} images/s in bf16 "
+        f"({cost.gpu_images_per_s_fp32:,.0f} in float32) or {cost.cpu_cores} cores x "
         f"{cost.jpeg_images_per_s_per_core:.0f} images/s decoding JPEGs, on a whole A100; a 3g.20gb MIG "
         "slice takes about 7/3 as long per job)"
     )
@@ -197,44 +215,85 @@ def reproduce_table1(
 # Quick: the embedded default end to end on a CPU
 
 
-QUICK_OVERRIDES = ("steps=200", "checkpoint_freq=50", "hparams.batch_size=32", "device=cpu")
+QUICK_STEPS = 200
+QUICK_OVERRIDES = (f"steps={QUICK_STEPS}", "checkpoint_freq=50", "hparams.batch_size=32", "device=cpu", "progress=false")
+# the quick sweep at this length, over 3 trials, is close to converged (README: "Quick start")
+CONVERGED_STEPS = 600
+CONVERGED_TRIALS = 3
 
 
-def quick_sweep(output_dir: Path, dataset: str = "RotatedDigits", overrides: Sequence[str] = QUICK_OVERRIDES) -> Sweep:
-    """All six algorithms on an embedded data set, every environment held out in turn, one
-    trial, default hyperparameters, a short schedule."""
+def quick_sweep(
+    output_dir: Path, dataset: str = "RotatedDigits", overrides: Sequence[str] = QUICK_OVERRIDES, trials: int = 1
+) -> Sweep:
+    """All six algorithms on an embedded data set, every environment held out in turn,
+    ``trials`` trials, default hyperparameters, a short schedule."""
     return Sweep(
         output_dir=output_dir,
         datasets=[dataset],
         algorithms=TABLE1_ALGORITHMS,
         test_envs="single",
         hparams_seeds=range(1),
-        trial_seeds=range(1),
+        trial_seeds=range(trials),
         overrides=list(overrides),
         name="quick",
     )
 
 
-def reproduce_quick(results_dir: Path = Path("results/quick"), dataset: str = "RotatedDigits",
-                    overrides: Sequence[str] = QUICK_OVERRIDES) -> str:  # fmt: skip
-    """Run the quick sweep in this process (finished jobs are skipped), then write
-    ``table.md``, ``table.csv`` and figures into ``results_dir`` and return the text table."""
+def quick_caveat(steps: int, trials: int) -> str | None:
+    """What a reader of the quick table must know, or ``None`` for the converged variant."""
+    short = steps < CONVERGED_STEPS
+    few = trials < CONVERGED_TRIALS
+    if not (short or few):
+        return None
+    what = ", ".join(
+        part
+        for part in (
+            ("one trial" if trials == 1 else f"{trials} trials") if few else "",
+            f"not converged ({steps} steps)" if short else "",
+        )
+        if part
+    )
+    return (
+        f"{what}: a smoke test of the pipeline, not a comparison of the algorithms "
+        f"(--trials {CONVERGED_TRIALS} --steps {CONVERGED_STEPS} for one)"
+    )
+
+
+def reproduce_quick(
+    results_dir: Path = Path("results/quick"),
+    dataset: str = "RotatedDigits",
+    overrides: Sequence[str] = QUICK_OVERRIDES,
+    trials: int = 1,
+    workers: int | None = None,
+) -> str:
+    """Run the quick sweep (finished jobs are skipped) in ``workers`` processes, one per core by
+    default (``sage_bench.sweep.pool``), then write ``table.md``, ``table.csv`` and figures into
+    ``results_dir`` and return the text table, with its caveat under it."""
     from tqdm.auto import tqdm
 
-    from sage_bench.run import run_job
+    from sage_bench.sweep.pool import available_cores, run_jobs_in_processes
 
     start = time.time()
-    sweep = quick_sweep(results_dir / "runs", dataset, overrides)
+    sweep = quick_sweep(results_dir / "runs", dataset, overrides, trials)
     jobs = sweep.jobs()
     states = sweep_states(jobs)
-    todo = [job for job in jobs if states[job.job_dir] != DONE]
-    print(f"{len(jobs)} jobs ({len(jobs) - len(todo)} already done) in {results_dir / 'runs'}")
-    for job in tqdm(todo, desc="jobs", dynamic_ncols=True):
-        run_job(job.spec, console=False)
+    todo = [job.spec for job in jobs if states[job.job_dir] != DONE]
+    workers = min(workers or available_cores(), max(1, len(todo)))
+    print(f"{len(jobs)} jobs ({len(jobs) - len(todo)} already done) in {results_dir / 'runs'}, {workers} at a time")
+    with tqdm(total=len(todo), desc="jobs", dynamic_ncols=True) as bar:
+        outcome = run_jobs_in_processes(todo, workers, on_done=lambda spec: bar.update())
+    if outcome.failed:
+        lines = [f"  {spec.job_dir}: {type(error).__name__}: {error}" for spec, error in outcome.failed]
+        raise UserError(f"{len(outcome.failed)} quick job(s) failed (err.txt in each folder):\n" + "\n".join(lines))
     collection = find_runs(results_dir / "runs").completed()
     if not collection.records:
         raise UserError(f"no finished runs in {results_dir / 'runs'}")
     text = write_tables(collection.records, results_dir, compare_paper=False)
+    caveat = quick_caveat(min(job.spec.steps for job in jobs), trials)
+    if caveat:
+        text += f"\nNote: {caveat}.\n"
+        with open(results_dir / "table.md", "a", encoding="utf-8") as f:
+            f.write(f"\n**Note:** {caveat}.\n")
     print(text)
     print(f"wrote {results_dir}/table.md, table.csv and figures in {time.time() - start:.0f} s")
     return text

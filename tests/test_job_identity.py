@@ -24,8 +24,10 @@ PINNED = {
         "b1bb4214486fa7d2a43211e0a9c66e17",
     ),
     "PACS ERM, the paper's setting": (
+        # the preset's computation changed once (12 images per domain, float32 without TF32,
+        # training domains evaluated without augmentation): this pin is of that preset
         ["experiment=paper_domainbed", "dataset=PACS", "algorithm=ERM", "test_envs=[0]", "trial_seed=0"],
-        "f653f8a8bc1e26f30d4c89886e041535",
+        "5004b2faaaa4a592fec136c9203cbc2e",
     ),
     "DomainNet SAM, two test environments": (
         ["dataset=DomainNet", "algorithm=SAM", "test_envs=[1,2]", "trial_seed=2"],
@@ -40,12 +42,12 @@ def test_existing_jobs_keep_their_folder(name):
     assert load_job(overrides).job_id == expected
 
 
-PACS = PINNED["PACS ERM, the paper's setting"]
+IMAGES = PINNED["DomainNet SAM, two test environments"]  # an image data set at DomainBed's defaults
 
 
 @pytest.mark.parametrize("mode", ["auto", "off", "require"])
 def test_the_evaluation_cache_is_never_part_of_the_identity(mode):
-    overrides, expected = PACS
+    overrides, expected = IMAGES
     assert load_job([*overrides, f"dataset.eval_cache={mode}"]).job_id == expected
 
 
@@ -54,7 +56,7 @@ def test_the_evaluation_cache_is_never_part_of_the_identity(mode):
     [("dataset.eval_augment", "true", "false"), ("eval_splits", "all", "selection")],
 )
 def test_new_keys_enter_the_identity_only_away_from_the_old_behaviour(key, legacy, other):
-    overrides, expected = PACS
+    overrides, expected = IMAGES
     assert load_job([*overrides, f"{key}={legacy}"]).job_id == expected
     changed = load_job([*overrides, f"{key}={other}"])
     assert changed.job_id != expected

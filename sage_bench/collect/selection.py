@@ -89,7 +89,7 @@ def algorithm_name(record: dict) -> str:
 # seeds and hyperparameters (the job identity's other keys, and the precision)
 SETTING_ARGS = (
     "backbone", "backbone_options", "optimizer", "optimizer_options", "dataset_options", "steps",
-    "checkpoint_freq", "holdout_fraction", "seed", "autocast", "tf32", "compile",
+    "checkpoint_freq", "holdout_fraction", "seed", "autocast", "precision", "tf32", "compile",
 )  # fmt: skip
 _NOT_SETTINGS = {"backbone_options.pretrained"}  # where the weights' file lies, not what they are
 DERIVED_SEED = "per job"  # the label of a seed derived from the job, as DomainBed's sweep sets it

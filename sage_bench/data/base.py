@@ -39,6 +39,12 @@ class MultiDomainDataset:
         the data set evaluates training environments without their augmentation."""
         return self.datasets[index]
 
+    @classmethod
+    def known_environment_sizes(cls) -> list[int] | None:
+        """The number of examples of each environment, in index order, known without reading
+        the data (the smallest published count where versions differ); ``None`` if unknown."""
+        return None
+
     @property
     def environment_names(self) -> list[str]:
         """The environments' labels in index order, as DomainBed prints them."""
