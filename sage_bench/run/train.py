@@ -213,7 +213,15 @@ def _train(
         **spec.backbone_options,
     ).to(device)
     optimizer = build_optimizer(spec.optimizer, network.parameters(), hparams, **spec.optimizer_options)
-    algorithm = build_algorithm(spec.algorithm, network, optimizer, hparams, family=dataset.HPARAM_FAMILY)
+    algorithm = build_algorithm(
+        spec.algorithm,
+        network,
+        optimizer,
+        hparams,
+        family=dataset.HPARAM_FAMILY,
+        num_domains=len(train_envs),
+        num_classes=dataset.num_classes,
+    )
     algorithm.train()
     accelerate(algorithm, device, autocast=spec.autocast, tf32=spec.tf32, compile=spec.compile)
 
