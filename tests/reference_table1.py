@@ -1,3 +1,4 @@
+# ruff: noqa: B007, B905  (the sources' own loops and zips, kept as written)
 """Reference transcriptions of Table 1's other baselines, for tests.
 
 Each class restates its source's algorithm line by line, with only what a test needs changed:
