@@ -93,8 +93,9 @@ JOB = ["steps=9", "checkpoint_freq=5", "progress=false", "hparams.batch_size=4",
 JOB_HPARAMS = {"IRM": ["hparams.irm_penalty_anneal_iters=7"]}  # the optimizer resets after resuming
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def one_thread():
+    """Tensors this small compute fastest on one thread."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -103,7 +104,7 @@ def one_thread():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["IRM", "GroupDRO", "Fish", "CDANN", "IIB"])  # one of each kind of state
-def test_a_stopped_job_resumes_to_the_same_records(name, tmp_path, monkeypatch, one_thread):
+def test_a_stopped_job_resumes_to_the_same_records(name, tmp_path, monkeypatch):
     overrides = [*JOB, f"algorithm={name}", *JOB_HPARAMS.get(name, [])]
     reference = comparable(run_job(load_job([*overrides, f"output_dir={tmp_path / 'a'}"])))
 
