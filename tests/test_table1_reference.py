@@ -1,5 +1,6 @@
 """Table 1's other baselines against literal transcriptions of their sources
-(``tests/reference_table1.py``), over several updates, in float64, with SGD and with Adam.
+(``tests/reference_domainbed.py``, ``tests/reference_authors.py``), over several updates, in
+float64, with SGD and with Adam.
 
 Both sides start from the same weights and see the same batches; both start every update
 from the same state of torch's and NumPy's global generators, and must leave them in the same
@@ -17,7 +18,8 @@ import pytest
 import torch
 from torch import nn
 
-import tests.reference_table1 as ref
+import tests.reference_authors as authors
+import tests.reference_domainbed as ref
 from sage_bench.algorithms import build_algorithm
 from sage_bench.algorithms.base import NetworkError
 from sage_bench.models import Classifier
@@ -270,7 +272,7 @@ def test_iib(kind, enable_bn):
     net = tiny_classifier()
     twin = copy.deepcopy(net)
     algo, h = build("IIB", net, kind, {"lambda_beta": 0.01, "lambda_inv_risks": 3, "enable_bn": enable_bn, "batch_size": N})
-    theirs = ref.IIB(
+    theirs = authors.IIB(
         twin.featurizer, twin.head, copy.deepcopy(algo.encoder), copy.deepcopy(algo.fc3_mu),
         copy.deepcopy(algo.fc3_logvar), copy.deepcopy(algo.env_classifier), h, num_domains=K,
         make_optimizer=make_optimizer(kind),
@@ -301,10 +303,10 @@ def test_gga_inside_and_outside_its_window(kind):
     twin = copy.deepcopy(net)
     hparams = {"neighborhoodSize": 0.02, "start_step": 1, "end_step": 2}
     algo, h = build("GGA", net, kind, hparams)
-    theirs = ref.ERM_GGA(twin.featurizer, twin.head, h, make_optimizer(kind))
+    theirs = authors.ERM_GGA(twin.featurizer, twin.head, h, make_optimizer(kind))
     accepted = []
     for step, batch in enumerate(batches(steps=4)):
-        a, b = same_draws(partial(algo.update, batch), partial(ref.gga_trainer_step, theirs, step, batch))
+        a, b = same_draws(partial(algo.update, batch), partial(authors.gga_trainer_step, theirs, step, batch))
         assert_stats(a, b)
         accepted.append(a.get("accepted"))
     assert accepted[0] is None and accepted[3] is None  # outside: plain ERM, no draws
@@ -317,7 +319,7 @@ def test_gga_l(kind):
     net = tiny_classifier()
     twin = copy.deepcopy(net)
     algo, h = build("GGA-L", net, kind, {"gga_l_gamma": 0.05})
-    theirs = ref.GGA_L(twin.featurizer, twin.head, h, make_optimizer(kind))
+    theirs = authors.GGA_L(twin.featurizer, twin.head, h, make_optimizer(kind))
     for batch in batches():
         x = [x for x, _ in batch]
         y = [y for _, y in batch]
@@ -346,8 +348,8 @@ def test_gam(kind, batchnorm):
     algo, h = build("GAM", net, kind, hparams)
     base = make_optimizer(kind)(twin.parameters(), lr=h["lr"], weight_decay=h["weight_decay"])
     args = {**hparams, "grad_beta_2": 1 - hparams["grad_beta_0"], "grad_beta_3": 1 - hparams["grad_beta_1"]}
-    theirs = ref.GAM(twin.parameters(), base, twin, args)
+    theirs = authors.GAM(twin.parameters(), base, twin, args)
     for batch in batches():
-        a, b = same_draws(partial(algo.update, batch), partial(ref.gam_erm_step, theirs, batch))
+        a, b = same_draws(partial(algo.update, batch), partial(authors.gam_erm_step, theirs, batch))
         assert_stats(a, b)
     assert_close(net, twin)
