@@ -79,6 +79,7 @@ class TrainSchema:
     test_grad_cosine_freq: int = MISSING
     experiment: Any = None
     save_final_model: bool = MISSING
+    plugins: list[str] = field(default_factory=list)
     wandb: WandbSchema = field(default_factory=WandbSchema)
     hparams: dict[str, Any] = field(default_factory=dict)
 
@@ -156,8 +157,38 @@ def _store_algorithm_configs() -> None:
         store.store(group="algorithm", name=name, node={"name": name})
 
 
+def plugin_modules(overrides: Sequence[str]) -> list[str]:
+    """The modules a ``plugins=[module, ...]`` override names (parsed as Hydra parses it)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    wanted = [o for o in overrides if re.match(r"^\+{0,2}plugins=", o)]
+    if not wanted:
+        return []
+    try:
+        parsed = OverridesParser.create().parse_overrides(wanted)
+    except OverrideParseException as exc:
+        raise ConfigError(f"cannot parse override: {str(exc).splitlines()[0]}") from exc
+    modules: list[str] = []
+    for override in parsed:
+        value = override.value()
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(
+                f"bad value for 'plugins': {override.input_line!r}; give a list of module names, "
+                "e.g. plugins=[my_package.algorithms]"
+            )
+        modules.extend(value)
+    return modules
+
+
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
-    """The Hydra configuration of a job with ``overrides`` applied (no validation yet)."""
+    """The Hydra configuration of a job with ``overrides`` applied (no validation yet).
+
+    The modules of a ``plugins=[...]`` override are imported first, so that the algorithms they
+    register are choices of ``algorithm=``.
+    """
+    from sage_bench.algorithms.registry import load_plugins
+
+    load_plugins(plugin_modules(overrides))
     _store_algorithm_configs()
     for override in overrides:
         if override.lstrip("+~").split("=", 1)[0] == "autocast":
@@ -233,6 +264,7 @@ class JobSpec:
     save_final_model: bool = False
     wandb: dict[str, Any] = field(default_factory=lambda: {"mode": "off"})
     test_grad_cosine_freq: int = 0  # N > 0: log the cosine with the held-out domains' gradient every N steps
+    plugins: tuple[str, ...] = ()  # modules imported for their algorithms; not part of the identity
 
     def identity(self) -> dict[str, Any]:
         """The arguments that define the job's results; their hash names its folder."""
@@ -313,6 +345,7 @@ class JobSpec:
             "tf32": self.tf32,
             "compile": self.compile,
             "computed_in": self.resolved_precision().describe(),  # what precision and tf32 resolved to
+            **({"plugins": list(self.plugins)} if self.plugins else {}),
         }
 
 
@@ -463,6 +496,7 @@ def job_from_config(cfg: DictConfig) -> JobSpec:
         save_final_model=cfg.save_final_model,
         wandb=wandb,
         test_grad_cosine_freq=cfg.test_grad_cosine_freq,
+        plugins=tuple(cfg.plugins),
     )
 
 

@@ -21,6 +21,22 @@ TABLE1_ALGORITHMS = ["ERM", "SAM", "GSAM", "SAGM", "DISAM", "SAGE"]
 SELECTION = "training-domain"
 
 
+def resolve_algorithms(names: Sequence[str] | None = None) -> list[str]:
+    """The algorithms to run: ``None`` gives the paper's six (``TABLE1_ALGORITHMS``), ``["all"]``
+    every registered domain-generalization algorithm in Table 1's row order; other names are
+    checked against the registry (an unknown one is an error listing the valid names)."""
+    from sage_bench.algorithms.registry import DOMAIN_GENERALIZATION, algorithms, get_algorithm
+    from sage_bench.collect.tables import algorithm_order
+
+    if not names:
+        return list(TABLE1_ALGORITHMS)
+    if list(names) == ["all"]:
+        return algorithm_order(algorithms(DOMAIN_GENERALIZATION))
+    for name in names:
+        get_algorithm(name)
+    return list(dict.fromkeys(names))
+
+
 # ---------------------------------------------------------------------------------------------
 # Table 1
 
@@ -37,8 +53,9 @@ class CostModel:
       forward and backward pass is ~0.1 TFLOP per image; an A100 peaks at 19.5 TFLOPS in float32,
       156 with TF32 and 312 in bf16, and reaches a smaller share of the faster peaks at these
       batch sizes (bf16: the earlier 30 ms per 12-image step).
-    - ``step_factor``: passes per step in ERM steps: 2 for every algorithm that takes a
-      gradient at perturbed weights (the SAM family, SAGE), 1 otherwise; SAGE adds
+    - ``step_factor``: passes per step in ERM steps where an algorithm's own: otherwise 2 for
+      every algorithm that takes a gradient at perturbed weights (the SAM family, SAGE,
+      GGA-L), 1 for the rest; SAGE adds
       ``polar_s_per_step`` for its Newton-Schulz iterations (~1.5 TFLOP in bf16).
     - Evaluation, at every checkpoint, of the splits the job evaluates (``eval_splits``: every
       split, or what model selection reads). The GPU evaluates ``gpu_images_per_s`` (bf16, the
@@ -62,6 +79,10 @@ class CostModel:
     cpu_cores: int = 8
     jpeg_images_per_s_per_core: float = 80.0
     cache_images_per_s_per_core: float = 7000.0
+    step_factor: tuple[tuple[str, float], ...] = (
+        ("RSC", 1.1), ("Fish", 1.1), ("GAM", 4.0),
+        ("GGA", 5.2),  # 51 of 5001 updates search 250 neighbours (~400 ERM steps each)
+    )  # fmt: skip
 
     def step_seconds(self, job: SweepJob) -> float:
         """Seconds of one training step of ``job`` on a whole A100."""
@@ -69,8 +90,8 @@ class CostModel:
         computed = spec.resolved_precision_on("cuda").describe()
         arithmetic = computed["train"] if computed["train"] != "float32" or not computed["tf32"] else "tf32"
         images = spec.hparams["batch_size"] * (len(get_dataset_class(spec.dataset).ENVIRONMENTS) - len(spec.test_envs))
-        perturbs = spec.perturbs_weights()
-        seconds = images * dict(self.ms_per_image)[arithmetic] / 1000 * (2.0 if perturbs else 1.0)
+        passes = dict(self.step_factor).get(spec.algorithm, 2.0 if spec.perturbs_weights() else 1.0)
+        seconds = images * dict(self.ms_per_image)[arithmetic] / 1000 * passes
         return seconds + (self.polar_s_per_step if spec.algorithm == "SAGE" else 0.0)
 
     def checkpoint_images(self, job: SweepJob, cached: bool, eval_splits: str | None = None) -> tuple[int, int]:
@@ -103,20 +124,22 @@ class CostModel:
 
 
 def table1_sweep(output_dir: str | Path, data_dir: str | Path | None = None, trials: int = 3,
-                 datasets: Sequence[str] = TABLE1_DATASETS, overrides: Sequence[str] = ()) -> Sweep:  # fmt: skip
-    """Every job of Table 1: the six algorithms on the five data sets, each environment held
-    out in turn, ``trials`` trials, the paper's setting (``experiment=paper_domainbed``: CLIP
-    ViT-B/16, Adam, lr 1e-6, 12 images a step; SAGE's rho = gamma = 1e-6) with default
-    hyperparameters (``hparams_seed=0``, as the paper reports one setting). Jobs evaluate only
-    what model selection reads (``eval_splits=selection``: the same table for less GPU time) and
-    read their evaluation images from the cache where ``sage-bench data cache`` made one."""
+                 datasets: Sequence[str] = TABLE1_DATASETS, overrides: Sequence[str] = (),
+                 algorithms: Sequence[str] = TABLE1_ALGORITHMS) -> Sweep:  # fmt: skip
+    """Every job of Table 1: the algorithms (default: the paper's six) on the five data sets,
+    each environment held out in turn, ``trials`` trials, the paper's setting
+    (``experiment=paper_domainbed``: CLIP ViT-B/16, Adam, lr 1e-6, 12 images per training
+    domain; SAGE's rho = gamma = 1e-6) with default hyperparameters (``hparams_seed=0``, as the
+    paper reports one setting). Jobs evaluate only what model selection reads
+    (``eval_splits=selection``: the same table for less GPU time) and read their evaluation
+    images from the cache where ``sage-bench data cache`` made one."""
     extra = ["experiment=paper_domainbed", "eval_splits=selection"]
     if data_dir is not None:
         extra.append(f"data_dir={Path(data_dir).resolve()}")
     return Sweep(
         output_dir=Path(output_dir),
         datasets=list(datasets),
-        algorithms=TABLE1_ALGORITHMS,
+        algorithms=list(algorithms),
         test_envs="single",
         hparams_seeds=range(1),
         trial_seeds=range(trials),
@@ -189,12 +212,13 @@ def reproduce_table1(
     dry_run: bool = False,
     trials: int = 3,
     results_dir: Path = Path("results/table1"),
+    algorithms: Sequence[str] = TABLE1_ALGORITHMS,
 ) -> int:
     """Plan, launch what is missing, and, once every job is done, print Table 1 beside the
     paper's and write it (Markdown, CSV, figures) to ``results_dir``."""
     from sage_bench.sweep.launch import launch_sweep
 
-    sweep = table1_sweep(output_dir, data_dir, trials)
+    sweep = table1_sweep(output_dir, data_dir, trials, algorithms=algorithms)
     jobs = sweep.jobs()
     print(describe_plan(jobs, cached=cached_datasets(jobs)))
     if dry_run:
@@ -222,15 +246,14 @@ CONVERGED_STEPS = 600
 CONVERGED_TRIALS = 3
 
 
-def quick_sweep(
-    output_dir: Path, dataset: str = "RotatedDigits", overrides: Sequence[str] = QUICK_OVERRIDES, trials: int = 1
-) -> Sweep:
-    """All six algorithms on an embedded data set, every environment held out in turn,
-    ``trials`` trials, default hyperparameters, a short schedule."""
+def quick_sweep(output_dir: Path, dataset: str = "RotatedDigits", overrides: Sequence[str] = QUICK_OVERRIDES,
+                algorithms: Sequence[str] = TABLE1_ALGORITHMS, trials: int = 1) -> Sweep:  # fmt: skip
+    """The algorithms (default: the paper's six) on an embedded data set, every environment
+    held out in turn, ``trials`` trials, default hyperparameters, a short schedule."""
     return Sweep(
         output_dir=output_dir,
         datasets=[dataset],
-        algorithms=TABLE1_ALGORITHMS,
+        algorithms=list(algorithms),
         test_envs="single",
         hparams_seeds=range(1),
         trial_seeds=range(trials),
@@ -263,6 +286,7 @@ def reproduce_quick(
     results_dir: Path = Path("results/quick"),
     dataset: str = "RotatedDigits",
     overrides: Sequence[str] = QUICK_OVERRIDES,
+    algorithms: Sequence[str] = TABLE1_ALGORITHMS,
     trials: int = 1,
     workers: int | None = None,
 ) -> str:
@@ -274,7 +298,7 @@ def reproduce_quick(
     from sage_bench.sweep.pool import available_cores, run_jobs_in_processes
 
     start = time.time()
-    sweep = quick_sweep(results_dir / "runs", dataset, overrides, trials)
+    sweep = quick_sweep(results_dir / "runs", dataset, overrides, algorithms, trials)
     jobs = sweep.jobs()
     states = sweep_states(jobs)
     todo = [job.spec for job in jobs if states[job.job_dir] != DONE]

@@ -345,6 +345,13 @@ def test_table1_beside_the_paper():
     assert rows["MyMethod (paper)"] == ["X"] * 6
     markdown = render(records, "training-domain", "markdown", compare_paper=True)
     assert re.search(r"\| ERM \(diff\) +\| \+0\.1 +\| \+0\.1 +\| -0\.1 ", markdown)  # numbers kept as printed
+    # Table 1's other rows land in their places, beside the paper's numbers
+    more = _five_datasets("GGA", [0.9] * 5) + _five_datasets("IRM", [0.9] * 5) + _five_datasets("VREx", [0.9] * 5)
+    table = table1_frame(results_frame(records + more, "training-domain"), compare_paper=True)
+    assert list(table.index) == ["ERM", "IRM", "GGA", "MyMethod", "VREx"]
+    assert table.loc["IRM", "PACS (paper)"] == pytest.approx(96.1)
+    assert table.loc["GGA", "TerraIncognita (paper)"] == pytest.approx(58.8)
+    assert math.isnan(table.loc["VREx", "PACS (paper)"])  # DomainBed's, not in Table 1
     # the paper's Fish row prints 75.0 but its cells average to 76.3: the shipped table recomputes
     rows = pd.read_csv(io.StringIO(render(records, "training-domain", "csv", compare_paper=True)), keep_default_na=False)
     fish = rows[(rows.selection == "paper") & (rows.algorithm == "Fish")].set_index("env")

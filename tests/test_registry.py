@@ -20,6 +20,7 @@ from sage_bench.algorithms.registry import (
 )
 from sage_bench.config import load_job
 from sage_bench.errors import ConfigError
+from sage_bench.models import Classifier
 from sage_bench.sweep.plan import Sweep
 
 DG_ALGORITHMS = sorted(algorithms(DOMAIN_GENERALIZATION))
@@ -94,3 +95,22 @@ def test_a_new_registration_is_a_config_choice_and_duplicates_are_refused(tmp_pa
 def test_unknown_algorithm_lists_the_registered_ones(tmp_path):
     with pytest.raises(ConfigError, match="unknown algorithm 'Nope'.*ERM.*SAGE"):
         load_job(["algorithm=Nope", f"output_dir={tmp_path}"])
+
+
+def test_algorithms_that_take_gradients_at_perturbed_weights_say_so():
+    perturbing = {name for name, cls in ALGORITHMS.items() if cls.perturbs_weights}
+    assert {"SAM", "GSAM", "SAGM", "DISAM", "SAGE", "GAM", "GGA"} <= perturbing
+    assert not perturbing & {"ERM", "IRM", "DANN", "Fish", "IIB", "GGA-L", "Mixup"}
+
+
+def test_build_algorithm_passes_domains_and_classes():
+    net = Classifier(_Featurizer(), nn.Linear(4, 3))
+    algo = build_algorithm("CDANN", net, torch.optim.Adam(net.parameters()), num_domains=5, num_classes=3)
+    assert algo.num_domains == 5 and algo.num_classes == 3
+    assert algo.discriminator.output.out_features == 5 and algo.class_embeddings.num_embeddings == 3
+
+
+class _Featurizer(nn.Linear):
+    def __init__(self):
+        super().__init__(2, 4)
+        self.n_outputs = 4

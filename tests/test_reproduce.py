@@ -8,14 +8,18 @@ from collections import Counter
 import pandas as pd
 import pytest
 
+from sage_bench.algorithms.registry import DOMAIN_GENERALIZATION, algorithms
 from sage_bench.cli import main
 from sage_bench.data.eval_cache import MANIFEST, cache_path
+from sage_bench.errors import UserError
 from sage_bench.reproduce import (
     TABLE1_ALGORITHMS,
     CostModel,
     cached_datasets,
     describe_plan,
+    quick_sweep,
     reproduce_quick,
+    resolve_algorithms,
     table1_sweep,
 )
 
@@ -112,6 +116,26 @@ def test_cost_model_counts_the_evaluated_splits_and_the_cache(tmp_path):
 def test_table1_rejects_job_overrides(capsys):
     assert main(["reproduce", "table1", "--dry-run", "hparams.lr=1"]) == 2
     assert "launcher.<key>=<value>" in capsys.readouterr().err
+
+
+def test_algorithms_option_names_rows_or_all_of_them(tmp_path):
+    assert resolve_algorithms(None) == TABLE1_ALGORITHMS  # the default stays the paper's six
+    every = resolve_algorithms(["all"])
+    assert set(every) == set(algorithms(DOMAIN_GENERALIZATION)) and len(every) == 20
+    assert every[:9] == ["ERM", "IRM", "DANN", "CDANN", "MMD", "RSC", "CORAL", "IIB", "Fish"]  # Table 1's rows
+    with pytest.raises(UserError, match="unknown algorithm 'Nope'; valid choices: CDANN"):
+        resolve_algorithms(["ERM", "Nope"])
+    assert quick_sweep(tmp_path, algorithms=every).algorithms == every
+
+
+@pytest.mark.slow  # plans 198 jobs
+def test_algorithms_option_of_the_commands(tmp_path, capsys):
+    argv = ["reproduce", "table1", "--dry-run", "--output-dir", str(tmp_path / "s"), "--algorithms", "IRM,DANN"]
+    assert main([*argv, "GGA", "launcher.timeout_min=5"]) == 0  # words with "=" stay launcher overrides
+    rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert rows["total"][0] == str(3 * 66)
+    assert main(["reproduce", "quick", "--algorithms", "Nope"]) == 2
+    assert "unknown algorithm 'Nope'" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -19,8 +19,13 @@ import torch
 from torch import nn
 
 from sage_bench import hparams as hp
-from sage_bench.algorithms.base import Algorithm, Minibatches
+from sage_bench.algorithms.adversarial import CDANN, DANN
+from sage_bench.algorithms.base import Algorithm, FeatureAlgorithm, Minibatches, NetworkError
+from sage_bench.algorithms.domainbed import CORAL, IRM, MMD, RSC, Fish, GroupDRO, Mixup, VREx
 from sage_bench.algorithms.erm import ERM
+from sage_bench.algorithms.gam import GAM
+from sage_bench.algorithms.gradient_agreement import GGA, GGA_L
+from sage_bench.algorithms.iib import IIB
 from sage_bench.algorithms.registry import (
     ALGORITHMS,
     RegisteredAlgorithm,
@@ -46,6 +51,8 @@ def build_algorithm(
     *,
     dataset: str | None = None,
     backbone: str | None = None,
+    num_domains: int | None = None,
+    num_classes: int | None = None,
 ) -> Algorithm:
     """Wrap ``network`` and ``optimizer`` in the algorithm called ``name``.
 
@@ -54,26 +61,46 @@ def build_algorithm(
     (``lr``, ``batch_size``, ...), which the algorithm ignores. An unknown name, a value of
     the wrong type or out of its range is an error that says what is valid. ``family``,
     ``dataset`` and ``backbone`` pick the defaults of hyperparameters that depend on them (see
-    ``sage_bench.hparams``).
+    ``sage_bench.hparams``). ``num_domains`` (the number of training domains, i.e. of minibatches
+    per update) and ``num_classes`` are needed by the algorithms that build modules of their own
+    (DANN, CDANN, IIB); the others ignore them.
     """
     registered = get_algorithm(name)
     space = registered.space(hp.SpaceContext(family, dataset, backbone))
     given = dict(hparams or {})
     own = {k: v for k, v in given.items() if k not in hp.SHARED_HPARAM_NAMES}
     resolved = hp.apply_overrides(space, hp.defaults(space), own)
-    return registered.cls(network, optimizer, {**given, **resolved})
+    return registered.cls(
+        network, optimizer, {**given, **resolved}, num_domains=num_domains, num_classes=num_classes
+    )
 
 
 __all__ = [
     "ALGORITHMS",
+    "CDANN",
+    "CORAL",
+    "DANN",
     "DISAM",
     "ERM",
+    "GAM",
+    "GGA",
+    "GGA_L",
     "GSAM",
+    "IIB",
+    "IRM",
+    "MMD",
+    "RSC",
     "SAGE",
     "SAGM",
     "SAM",
     "Algorithm",
+    "FeatureAlgorithm",
+    "Fish",
+    "GroupDRO",
     "Minibatches",
+    "Mixup",
+    "NetworkError",
+    "VREx",
     "RegisteredAlgorithm",
     "algorithms",
     "build_algorithm",

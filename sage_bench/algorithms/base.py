@@ -9,6 +9,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from sage_bench.errors import UserError
+
 Minibatches = Sequence[tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -26,6 +28,11 @@ class Algorithm(nn.Module):
     ``sage_bench.precision``) runs them in mixed precision; the default ``None`` runs in the
     parameters' own precision. Evaluation uses ``eval_autocast()`` and ``eval_autocast_dtype``
     (``precision.eval``) the same way.
+
+    ``num_domains`` (training domains, i.e. minibatches per update) and ``num_classes`` are
+    known to the runner and passed to every algorithm; those that build modules of their own
+    from them (DANN's discriminator, IIB's environment classifier) refuse ``None``. A subclass
+    that overrides ``__init__`` takes them as keywords and passes them on.
     """
 
     autocast_dtype: torch.dtype | None = None
@@ -37,11 +44,21 @@ class Algorithm(nn.Module):
     # perturb weights then also measure ``perturbation_fidelity`` (once, not on every step)
     measure_fidelity: bool = False
 
-    def __init__(self, network: nn.Module, optimizer: torch.optim.Optimizer, hparams: Mapping[str, Any]):
+    def __init__(
+        self,
+        network: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        hparams: Mapping[str, Any],
+        *,
+        num_domains: int | None = None,
+        num_classes: int | None = None,
+    ):
         super().__init__()
         self.network = network
         self.optimizer = optimizer
         self.hparams = dict(hparams)
+        self.num_domains = num_domains
+        self.num_classes = num_classes
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Mixed precision for training forward passes when ``autocast_dtype`` is set, else nothing."""
@@ -72,3 +89,58 @@ class Algorithm(nn.Module):
 def concat(minibatches: Minibatches) -> tuple[torch.Tensor, torch.Tensor]:
     """All domains' inputs and labels as one batch, domain after domain."""
     return torch.cat([x for x, _ in minibatches]), torch.cat([y for _, y in minibatches])
+
+
+class NetworkError(UserError, TypeError):
+    """A network or setting an algorithm cannot work with; the message says what it needs."""
+
+
+def featurizer_and_head(algorithm: str, network: nn.Module) -> tuple[nn.Module, nn.Module, int]:
+    """``network.featurizer``, ``network.head`` and the featurizer's output size
+    (``featurizer.n_outputs``), or an error saying what ``algorithm`` needs."""
+    featurizer = getattr(network, "featurizer", None)
+    head = getattr(network, "head", None)
+    n_outputs = getattr(featurizer, "n_outputs", None)
+    if not isinstance(featurizer, nn.Module) or not isinstance(head, nn.Module) or not isinstance(n_outputs, int):
+        raise NetworkError(
+            f"{algorithm} needs the network's featurizer and head separately: a network with "
+            "submodules `featurizer` (with an int attribute `n_outputs`, its output size) and "
+            "`head`, computing head(featurizer(x)), such as "
+            f"sage_bench.models.Classifier(featurizer, head); got a {type(network).__name__}"
+        )
+    return featurizer, head, n_outputs
+
+
+def required(algorithm: str, name: str, value: int | None) -> int:
+    """``value``, or an error saying that ``algorithm`` needs ``name`` passed to
+    ``build_algorithm``."""
+    if value is None or value < 1:
+        raise NetworkError(
+            f"{algorithm} needs {name}: pass build_algorithm(..., {name}=N) (got {value!r})"
+        )
+    return value
+
+
+def like_network(module: nn.Module, network: nn.Module) -> nn.Module:
+    """``module`` moved to the device and floating-point type of ``network``'s parameters."""
+    reference = next((p for p in network.parameters() if p.is_floating_point()), None)
+    if reference is None:
+        return module
+    return module.to(device=reference.device, dtype=reference.dtype)
+
+
+class FeatureAlgorithm(Algorithm):
+    """An algorithm that uses the network's featurizer and head separately (``self.featurizer``,
+    ``self.head``, ``self.n_features``); a network without them is refused when it is built."""
+
+    def __init__(self, network: nn.Module, optimizer: torch.optim.Optimizer, hparams: Mapping[str, Any], **kwargs: Any):
+        super().__init__(network, optimizer, hparams, **kwargs)
+        _, _, self.n_features = featurizer_and_head(type(self).__name__, network)
+
+    @property
+    def featurizer(self) -> nn.Module:
+        return self.network.featurizer
+
+    @property
+    def head(self) -> nn.Module:
+        return self.network.head

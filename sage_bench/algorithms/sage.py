@@ -86,8 +86,8 @@ class SAGE(TwoPassAlgorithm):
     freeze_bn_in_perturbed_pass = True
     polar_dtype: torch.dtype | None = None  # precision of the Newton-Schulz iteration
 
-    def __init__(self, network, optimizer, hparams: Mapping[str, Any]):
-        super().__init__(network, optimizer, hparams)
+    def __init__(self, network, optimizer, hparams: Mapping[str, Any], **kwargs: Any):
+        super().__init__(network, optimizer, hparams, **kwargs)
         # drawn from the global generator, so the noise is fixed by the job's seed
         self.noise_seed = int(torch.randint(0, 2**62, (1,)).item())
         self._generator: torch.Generator | None = None

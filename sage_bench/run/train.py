@@ -250,7 +250,15 @@ def _train(
         **spec.backbone_options,
     ).to(device)
     optimizer = build_optimizer(spec.optimizer, network.parameters(), hparams, **spec.optimizer_options)
-    algorithm = build_algorithm(spec.algorithm, network, optimizer, hparams, family=dataset.HPARAM_FAMILY)
+    algorithm = build_algorithm(
+        spec.algorithm,
+        network,
+        optimizer,
+        hparams,
+        family=dataset.HPARAM_FAMILY,
+        num_domains=len(train_envs),
+        num_classes=dataset.num_classes,
+    )
     algorithm.train()
     precision = spec.resolved_precision()
     accelerate(algorithm, device, precision, compile=spec.compile)
