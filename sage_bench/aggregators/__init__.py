@@ -72,6 +72,6 @@ def aggregate(
 
 
 # The methods register themselves on import (one module each).
-# (imports of the method modules go here)
+from sage_bench.aggregators import fairgrad, ls, mgda  # noqa: E402,F401
 
 __all__ = ["AGGREGATORS", "Aggregator", "aggregate", "register_aggregator"]
