@@ -315,3 +315,52 @@ def evaluate_epoch(batches, num_classes):
         avg_cost[12:] += cost[12:] / test_batch
     avg_cost[13:15] = conf_mat.get_metrics()
     return avg_cost[12:]
+
+
+# --------------------------------------------------------------------------------------------
+# Data (experiments/nyuv2/data.py: RandomScaleCrop and NYUv2.__getitem__)
+# --------------------------------------------------------------------------------------------
+
+
+class RandomScaleCrop:
+    def __init__(self, scale=(1.0, 1.2, 1.5)):
+        self.scale = scale
+
+    def __call__(self, img, label, depth, normal):
+        import random
+
+        height, width = img.shape[-2:]
+        sc = self.scale[random.randint(0, len(self.scale) - 1)]
+        h, w = int(height / sc), int(width / sc)
+        i = random.randint(0, height - h)
+        j = random.randint(0, width - w)
+        img_ = F.interpolate(
+            img[None, :, i : i + h, j : j + w], size=(height, width), mode="bilinear", align_corners=True
+        ).squeeze(0)
+        label_ = (
+            F.interpolate(label[None, None, i : i + h, j : j + w], size=(height, width), mode="nearest")
+            .squeeze(0)
+            .squeeze(0)
+        )
+        depth_ = F.interpolate(depth[None, :, i : i + h, j : j + w], size=(height, width), mode="nearest").squeeze(0)
+        normal_ = F.interpolate(
+            normal[None, :, i : i + h, j : j + w], size=(height, width), mode="bilinear", align_corners=True
+        ).squeeze(0)
+        return img_, label_, depth_ / sc, normal_
+
+
+def nyuv2_getitem(data_path, index, augmentation):
+    """``NYUv2.__getitem__`` (``data_path`` is ``root + "/train"`` or ``"/val"``)."""
+    image = torch.from_numpy(np.moveaxis(np.load(data_path + f"/image/{index:d}.npy"), -1, 0))
+    semantic = torch.from_numpy(np.load(data_path + f"/label/{index:d}.npy"))
+    depth = torch.from_numpy(np.moveaxis(np.load(data_path + f"/depth/{index:d}.npy"), -1, 0))
+    normal = torch.from_numpy(np.moveaxis(np.load(data_path + f"/normal/{index:d}.npy"), -1, 0))
+    if augmentation:
+        image, semantic, depth, normal = RandomScaleCrop()(image, semantic, depth, normal)
+        if torch.rand(1) < 0.5:
+            image = torch.flip(image, dims=[2])
+            semantic = torch.flip(semantic, dims=[1])
+            depth = torch.flip(depth, dims=[2])
+            normal = torch.flip(normal, dims=[2])
+            normal[0, :, :] = -normal[0, :, :]
+    return image.float(), semantic.float(), depth.float(), normal.float()

@@ -12,14 +12,14 @@ def add_parser(subparsers) -> None:
     commands = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
     check = commands.add_parser(
         "check",
-        help="per-domain class and image counts against the published ones; unreadable images",
+        help="per-domain (per-split) counts against the published ones; unreadable files",
         description=(
             "Count every environment's classes and images, compare them with the published "
             "counts, decode every image, and list what is missing or unreadable. Exits 1 when a "
             "data set cannot be used for training."
         ),
     )
-    check.add_argument("names", nargs="+", metavar="NAME", help="PACS VLCS OfficeHome TerraIncognita DomainNet, or all")
+    check.add_argument("names", nargs="+", metavar="NAME", help="PACS VLCS OfficeHome TerraIncognita DomainNet NYUv2 Cityscapes, or domainbed, mtl, all")
     check.add_argument(
         "--data-dir", default=default_data_dir(), help="where the data sets are (default: $SAGE_BENCH_DATA or ./data)"
     )
@@ -30,15 +30,9 @@ def add_parser(subparsers) -> None:
 
 def run_check(args: argparse.Namespace) -> int:
     from sage_bench.data.check import check_dataset, format_report
-    from sage_bench.data.domainbed import REAL_DATASETS
-    from sage_bench.errors import UserError
+    from sage_bench.data.download import expand_names
 
-    names = list(REAL_DATASETS) if "all" in args.names else args.names
-    unknown = [n for n in names if n not in REAL_DATASETS]
-    if unknown:
-        raise UserError(
-            f"unknown dataset(s) {', '.join(map(repr, unknown))}; valid choices: {', '.join(REAL_DATASETS)}, all"
-        )
+    names = expand_names(args.names)
     usable = True
     for name in names:
         report = check_dataset(name, args.data_dir, decode=not args.no_decode, workers=max(1, args.workers))
