@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.optimize import least_squares
 
 from sage_bench.aggregators import register_aggregator
 from sage_bench.aggregators.gram import gram_matrix
@@ -34,6 +33,8 @@ def fairgrad_weights(gram: np.ndarray, alpha: float = 2.0, residual: str = "fair
     """FairGrad's ``w`` for the Gram matrix ``A`` (the ``least_squares`` solution, not rescaled)."""
     if residual not in RESIDUALS:
         raise ValueError(f"unknown FairGrad residual {residual!r}; valid choices: {', '.join(RESIDUALS)}")
+    from scipy.optimize import least_squares  # imported here: scipy.optimize takes a while to load
+
     gram = np.asarray(gram, dtype=np.float64)
     k = gram.shape[0]
 

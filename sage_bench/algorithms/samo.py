@@ -214,14 +214,17 @@ class SAMO(GradientAggregation):
         return {**self.loss_stats(clean), **self.loss_stats(perturbed_losses, prefix="perturbed_")}
 
     def get_extra_state(self) -> dict[str, Any]:
+        # the NumPy state as tensors and Python numbers: checkpoints load with weights_only=True
+        name, keys, pos, has_gauss, cached = self.zo_rng.get_state()
         state = super().get_extra_state()
-        state["zo_rng"] = self.zo_rng.get_state()
+        state["zo_rng"] = (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))
         state["previous"] = self.previous
         return state
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         super().set_extra_state(state)
-        self.zo_rng.set_state(state["zo_rng"])
+        name, keys, pos, has_gauss, cached = state["zo_rng"]
+        self.zo_rng.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
         self.previous = state["previous"]
 
 

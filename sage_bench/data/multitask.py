@@ -127,7 +127,8 @@ class MultiTaskDataset:
     """A multi-task data set with ``train`` and ``val`` splits (see the module docstring).
 
     Class attributes give its tasks and the lineage's protocol for it: ``N_EPOCHS``,
-    ``BATCH_SIZE`` (train and test), ``MODEL_WIDTH`` (``"paper"`` or ``"narrow"`` MTAN) and
+    ``BATCH_SIZE`` (train and test), ``LR`` and ``LR_STEP_EPOCHS`` (Adam, halved every so many
+    epochs), ``MODEL_WIDTH`` (``"paper"`` or ``"narrow"`` MTAN) and
     ``DELTA_M`` (the name of its ``Delta_m`` base in ``sage_bench.mtl.DELTA_M_BASES``, or
     ``None`` when there is no published single-task base).
     """
@@ -135,6 +136,8 @@ class MultiTaskDataset:
     TASKS: ClassVar[tuple[Task, ...]] = ()
     N_EPOCHS: ClassVar[int] = 200
     BATCH_SIZE: ClassVar[int] = 2
+    LR: ClassVar[float] = 1e-4  # Adam, no weight decay
+    LR_STEP_EPOCHS: ClassVar[int] = 100  # StepLR: the learning rate halves every this many epochs
     N_WORKERS: ClassVar[int] = 4
     HPARAM_FAMILY: ClassVar[str] = "large"
     MODEL_WIDTH: ClassVar[str] = "paper"

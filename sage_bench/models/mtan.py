@@ -196,8 +196,8 @@ class MTAN(nn.Module):
 
 
 def mtan(tasks: Sequence[Task], width: str = "paper", in_channels: int = 3) -> MTAN:
-    """MTAN with the paper's filters (``width="paper"``) or an eighth of them (``"narrow"``:
-    ``(8, 16, 32, 32, 32)``, about 1% of the parameters, for the embedded DigitScenes on a CPU)."""
+    """MTAN with the paper's filters (``width="paper"``) or narrow ones (``"narrow"``:
+    ``(8, 16, 32, 32, 32)``, 0.6% of the parameters, for the embedded DigitScenes on a CPU)."""
     widths = {"paper": PAPER_FILTERS, "narrow": NARROW_FILTERS}
     if width not in widths:
         raise ValueError(f"unknown MTAN width {width!r}; valid choices: {', '.join(widths)}")
