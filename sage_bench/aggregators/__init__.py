@@ -74,8 +74,11 @@ def aggregate(
 # The methods register themselves on import (one module each).
 from sage_bench.aggregators import (  # noqa: E402, F401
     cagrad,
+    fairgrad,
     graddrop,
     imtl,
+    ls,
+    mgda,
     moco,
     nashmtl,
     pcgrad,

@@ -207,19 +207,20 @@ def bf16_perturbation_runs(records: list[dict]) -> list[str]:
     CUDA under bf16 autocast, the default before ``precision.*`` existed (their records carry
     ``args.autocast == "bf16"``): the forward pass rounded most of their perturbation away, so
     they did not compute their published update (see ``sage_bench.precision``)."""
+    old_cuda_bf16 = [
+        r for r in records
+        if r["args"].get("autocast") == "bf16" and str(r["args"].get("device", "")).startswith("cuda")
+    ]  # fmt: skip
+    if not old_cuda_bf16:  # the registry imports torch: only for records that need it
+        return []
     from sage_bench.algorithms.registry import algorithms
 
     registered = algorithms()
     runs: dict[str, set[str]] = defaultdict(set)
-    for r in records:
+    for r in old_cuda_bf16:
         args = r["args"]
         name = args["algorithm"]
-        if (
-            args.get("autocast") == "bf16"
-            and str(args.get("device", "")).startswith("cuda")
-            and name in registered
-            and registered[name].cls.perturbs_weights
-        ):
+        if name in registered and registered[name].cls.perturbs_weights:
             runs[name].add(str(args.get("output_dir") or args.get("job_id")))
     return [
         f"{algorithm}: {len(folders)} run(s) trained on CUDA under bf16 autocast (records with "

@@ -15,14 +15,14 @@ def add_parser(subparsers) -> None:
     commands = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
     check = commands.add_parser(
         "check",
-        help="per-domain class and image counts against the published ones; unreadable images",
+        help="per-domain (per-split) counts against the published ones; unreadable files",
         description=(
             "Count every environment's classes and images, compare them with the published "
             "counts, decode every image, and list what is missing or unreadable. Exits 1 when a "
             "data set cannot be used for training."
         ),
     )
-    check.add_argument("names", nargs="+", metavar="NAME", help="PACS VLCS OfficeHome TerraIncognita DomainNet, or all")
+    check.add_argument("names", nargs="+", metavar="NAME", help="PACS VLCS OfficeHome TerraIncognita DomainNet NYUv2 Cityscapes, or domainbed, mtl, all")
     check.add_argument(
         "--data-dir", default=default_data_dir(), help="where the data sets are (default: $SAGE_BENCH_DATA or ./data)"
     )
@@ -69,9 +69,10 @@ def _real_datasets(names: list[str]) -> list[str]:
 
 def run_check(args: argparse.Namespace) -> int:
     from sage_bench.data.check import check_dataset, format_report
+    from sage_bench.data.download import expand_names
 
     usable = True
-    for name in _real_datasets(args.names):
+    for name in expand_names(args.names):
         report = check_dataset(name, args.data_dir, decode=not args.no_decode, workers=max(1, args.workers))
         print(format_report(report))
         usable &= report.usable

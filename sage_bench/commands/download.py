@@ -1,4 +1,4 @@
-"""``sage-bench download``: fetch, verify, extract and arrange DomainBed's real data sets."""
+"""``sage-bench download``: fetch, verify, extract and arrange the real data sets."""
 
 from __future__ import annotations
 
@@ -6,14 +6,16 @@ import argparse
 import os
 
 EPILOG = """\
-data sets: PACS VLCS OfficeHome TerraIncognita DomainNet, or all
+data sets: PACS VLCS OfficeHome TerraIncognita DomainNet (or domainbed for these five),
+  NYUv2 Cityscapes (or mtl for these two), or all
 examples:
   sage-bench download PACS VLCS --data-dir /datasets/domainbed
   sage-bench download all --data-dir /datasets --archives /scratch/archives   # no internet needed
   sage-bench download DomainNet --data-dir /datasets --mirror https://files.example.org/domainbed
 archive file names (for --archives and --mirror): PACS.zip, VLCS.tar.gz, office_home.zip,
   eccv_18_all_images_sm.tar.gz, eccv_18_annotations.tar.gz, clipart.zip, infograph.zip,
-  painting.zip, quickdraw.zip, real.zip, sketch.zip, domain_net_duplicates.txt
+  painting.zip, quickdraw.zip, real.zip, sketch.zip, domain_net_duplicates.txt, nyuv2.zip,
+  cityscapes.zip (the MTAN Dropbox folders as zips; a zip of the split folders works too)
 """
 
 
@@ -24,15 +26,15 @@ def default_data_dir() -> str:
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "download",
-        help="download and install real data sets into DomainBed's layout",
+        help="download and install real data sets (DomainBed's, NYUv2, Cityscapes)",
         description=(
-            "Download (resumably), verify, extract and arrange data sets from DomainBed's sources. "
+            "Download (resumably), verify, extract and arrange data sets from DomainBed's and MTAN's sources. "
             "A data set already installed is left alone."
         ),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("names", nargs="+", metavar="NAME", help="data set names, or all")
+    parser.add_argument("names", nargs="+", metavar="NAME", help="data set names, or domainbed, mtl, all")
     parser.add_argument(
         "--data-dir", default=default_data_dir(), help="where the data sets go (default: $SAGE_BENCH_DATA or ./data)"
     )
@@ -48,14 +50,9 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sage_bench.data.domainbed import REAL_DATASETS
-    from sage_bench.data.download import DownloadError, install
+    from sage_bench.data.download import expand_names, install
 
-    unknown = [n for n in args.names if n != "all" and n not in REAL_DATASETS]
-    if unknown:
-        raise DownloadError(
-            f"unknown dataset(s) {', '.join(map(repr, unknown))}; valid choices: {', '.join(REAL_DATASETS)}, all"
-        )
+    expand_names(args.names)  # unknown names fail here, before anything is downloaded
     for path in install(
         args.names,
         args.data_dir,

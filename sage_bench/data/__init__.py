@@ -1,4 +1,5 @@
-"""Data sets by name, DomainBed's per-environment splits, and loaders.
+"""Data sets by name (DomainBed's multi-domain sets; the multi-task sets), DomainBed's
+per-environment splits, and loaders.
 
 The data set classes, and with them torch, are imported on first use: ``sage_bench.data.catalog``
 (names and environment labels) must stay readable without torch, as the collector reads it.
@@ -14,6 +15,7 @@ from sage_bench.errors import UserError
 
 if TYPE_CHECKING:
     from sage_bench.data.base import MultiDomainDataset
+    from sage_bench.data.multitask import MultiTaskDataset
 
 # class name -> the module that defines it
 _MODULES = {
@@ -25,12 +27,20 @@ _MODULES = {
     "OfficeHome": "sage_bench.data.domainbed",
     "TerraIncognita": "sage_bench.data.domainbed",
     "DomainNet": "sage_bench.data.domainbed",
+    "MultiTaskDataset": "sage_bench.data.multitask",
+    "DigitScenes": "sage_bench.data.digit_scenes",
+    "DigitScenes2": "sage_bench.data.digit_scenes",
+    "NYUv2": "sage_bench.data.nyuv2",
+    "Cityscapes": "sage_bench.data.nyuv2",
 }
+MULTITASK_DATASET_NAMES = ["DigitScenes", "DigitScenes2", "NYUv2", "Cityscapes"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "DATASETS":  # name -> class, in the catalog's order
         return {n: getattr(importlib.import_module(_MODULES[n]), n) for n in DATASET_NAMES}
+    if name == "MULTITASK_DATASETS":  # name -> class
+        return {n: getattr(importlib.import_module(_MODULES[n]), n) for n in MULTITASK_DATASET_NAMES}
     if name in _MODULES:
         return getattr(importlib.import_module(_MODULES[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -54,6 +64,15 @@ def get_dataset_class(name: str) -> type[MultiDomainDataset]:
     return getattr(importlib.import_module(_MODULES[name]), name)
 
 
+def get_multitask_dataset_class(name: str) -> type[MultiTaskDataset]:
+    """The multi-task data set registered under ``name``, or an error listing the valid names."""
+    if name not in MULTITASK_DATASET_NAMES:
+        raise UnknownDatasetError(
+            f"unknown multi-task dataset {name!r}; valid choices: {', '.join(MULTITASK_DATASET_NAMES)}"
+        )
+    return getattr(importlib.import_module(_MODULES[name]), name)
+
+
 def num_environments(name: str) -> int:
     """How many environments the data set ``name`` has (without importing torch)."""
     _check_name(name)
@@ -64,6 +83,13 @@ __all__ = [
     "DATASETS",
     "DATASET_NAMES",
     "ENVIRONMENTS",
+    "MULTITASK_DATASETS",
+    "Cityscapes",
+    "DigitScenes",
+    "DigitScenes2",
+    "MultiTaskDataset",
+    "NYUv2",
+    "get_multitask_dataset_class",
     "PACS",
     "VLCS",
     "ColoredDigits",

@@ -1,7 +1,9 @@
 """``sage-bench data check``: is a data set folder complete, readable and the published version?
 
 For each environment: its class folders and images (counted as training counts them) against
-the published numbers, then every image decoded. Problems that stop training (a missing folder,
+the published numbers, then every image decoded. For the multi-task sets (NYUv2, Cityscapes):
+for each split, its modality folders and ``<i>.npy`` samples against the published counts, every
+modality holding the same indices ``0 .. N-1``, then every file loaded and its shape checked. Problems that stop training (a missing folder,
 an empty environment, an image that cannot be decoded) make the data set unusable; differences
 from the published counts are reported as warnings, naming the published version a folder
 matches where sources disagree (TerraIncognita: 24,788 or 24,330 images).
@@ -14,15 +16,18 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from sage_bench.data.domainbed import REAL_DATASETS
+from sage_bench.data.download import DOWNLOADABLE
 from sage_bench.data.images import (
     MultiEnvironmentImageFolder,
     decode_image,
     list_folders,
     scan_images,
 )
+from sage_bench.data.nyuv2 import NPY_DATASETS, SPLITS, NpyMultiTaskDataset
 from sage_bench.errors import UserError
 
 
@@ -49,6 +54,7 @@ class CheckReport:
     truncated: list[str] = field(default_factory=list)
     skipped_links: list[tuple[str, str]] = field(default_factory=list)  # (path, why), not followed
     decoded: bool = False
+    columns: tuple[str, str, str, str] = ("env", "folder", "classes", "images")
 
     @property
     def usable(self) -> bool:
@@ -76,8 +82,10 @@ def probe_image(path: str) -> tuple[str, str, str]:
 def check_dataset(name: str, data_dir: str | os.PathLike, decode: bool = True, workers: int = 1) -> CheckReport:
     """Check data set ``name`` under ``data_dir``; ``decode`` reads every image (``workers``
     processes)."""
+    if name in NPY_DATASETS:
+        return check_npy_dataset(NPY_DATASETS[name], data_dir, decode)
     if name not in REAL_DATASETS:
-        raise UserError(f"unknown dataset {name!r}; valid choices: {', '.join(REAL_DATASETS)}")
+        raise UserError(f"unknown dataset {name!r}; valid choices: {', '.join(DOWNLOADABLE)}")
     cls: type[MultiEnvironmentImageFolder] = REAL_DATASETS[name]
     root = Path(data_dir) / cls.FOLDER
     report = CheckReport(name, root)
@@ -168,16 +176,82 @@ def check_dataset(name: str, data_dir: str | os.PathLike, decode: bool = True, w
     return report
 
 
+def probe_npy(path: str, shape: tuple[int, ...]) -> tuple[str, str, str]:
+    """``(path, status, detail)``: ``ok`` or ``unreadable`` (cannot load, or the wrong shape)."""
+    try:
+        array = np.load(path)
+    except (OSError, ValueError) as exc:
+        return path, "unreadable", f"{type(exc).__name__}: {exc}"
+    if array.shape != shape:
+        return path, "unreadable", f"shape {array.shape}, expected {shape}"
+    return path, "ok", ""
+
+
+def check_npy_dataset(cls: type[NpyMultiTaskDataset], data_dir: str | os.PathLike, decode: bool = True) -> CheckReport:
+    """Check a multi-task data set in MTAN's ``.npy`` layout under ``data_dir``."""
+    root = Path(data_dir) / cls.FOLDER
+    report = CheckReport(cls.name(), root, columns=("split", "folder", "modalities", "samples"))
+    if not root.is_dir():
+        report.problems.append(f"no folder {root}; get it with `{cls.download_command(data_dir)}`")
+        return report
+    folders = list(cls.FOLDERS.values())
+    paths: list[tuple[str, tuple[int, ...]]] = []
+    for split in SPLITS:
+        split_dir = root / split
+        present = [f for f in folders if (split_dir / f).is_dir()]
+        lacking = [f for f in folders if f not in present]
+        indices = {f: {p.stem for p in (split_dir / f).glob("*.npy")} for f in present}
+        count = len(indices.get("image", ()))
+        report.environments.append(
+            EnvironmentReport(split, split, len(present), count, cls.EXPECTED_IMAGES[split], lacking)
+        )
+        if lacking:
+            report.problems.append(f"missing folder(s): {', '.join(str(split_dir / f) for f in lacking)}")
+            continue
+        expected = {str(i) for i in range(count)}
+        if count == 0:
+            report.problems.append(f"{split_dir / 'image'} holds no .npy files")
+        for folder, found in indices.items():
+            if found != expected:
+                missing = sorted(expected - found, key=lambda v: (len(v), v))
+                extra = sorted(found - expected, key=lambda v: (len(v), v))
+                detail = []
+                if missing:
+                    detail.append(f"missing {', '.join(m + '.npy' for m in missing[:5])}{' ...' if len(missing) > 5 else ''}")
+                if extra:
+                    detail.append(f"unexpected {', '.join(e + '.npy' for e in extra[:5])}{' ...' if len(extra) > 5 else ''}")
+                report.problems.append(
+                    f"{split_dir / folder} does not hold 0.npy .. {count - 1}.npy like image/: {'; '.join(detail)}"
+                )
+        shapes = cls.npy_shapes()
+        paths.extend((str(split_dir / f / f"{i}.npy"), shapes[f]) for f in folders for i in sorted(indices[f] & expected, key=int))
+    counts = {e.folder: e.images for e in report.environments}
+    if len(counts) == len(SPLITS) and counts != cls.EXPECTED_IMAGES:
+        report.warnings.append(
+            f"{sum(counts.values())} samples ({', '.join(f'{k} {v}' for k, v in counts.items())}), "
+            f"published: {', '.join(f'{k} {v}' for k, v in cls.EXPECTED_IMAGES.items())}"
+        )
+    if decode and paths:
+        report.decoded = True
+        for path, status, detail in (probe_npy(p, shape) for p, shape in paths):
+            if status != "ok":
+                report.unreadable.append((path, detail))
+        if report.unreadable:
+            report.problems.append(f"{len(report.unreadable)} unreadable or misshapen file(s); replace them or re-download")
+    return report
+
+
 def format_report(report: CheckReport, max_listed: int = 20) -> str:
     """The report as the text ``sage-bench data check`` prints."""
     lines = [f"{report.dataset}: {report.root}"]
     if report.environments:
-        lines.append(f"  {'env':<6}{'folder':<16}{'classes':>8}{'images':>10}{'expected':>10}")
+        env, folder, classes, images = report.columns
+        lines.append(f"  {env:<6}{folder:<16}{classes:>8}{images:>10}{'expected':>10}")
         for e in report.environments:
             expected = f"{e.expected:,}" if e.expected is not None else "?"
             mark = "" if e.expected == e.images else "  <-"
             lines.append(f"  {e.label:<6}{e.folder:<16}{e.classes:>8}{e.images:>10,}{expected:>10}{mark}")
-        cls = REAL_DATASETS[report.dataset]
+        cls = DOWNLOADABLE[report.dataset]
         lines.append(f"  {'total':<22}{'':>8}{report.total:>10,}{sum(cls.EXPECTED_IMAGES.values()):>10,}")
     for path, detail in report.unreadable[:max_listed]:
         lines.append(f"  unreadable: {path} ({detail})")
@@ -194,6 +268,6 @@ def format_report(report: CheckReport, max_listed: int = 20) -> str:
     for text in report.problems:
         lines.append(f"  PROBLEM: {text}")
     if not report.decoded and report.environments:
-        lines.append("  (images not decoded: --no-decode)")
+        lines.append(f"  ({report.columns[3]} not {'decoded' if report.columns[3] == 'images' else 'loaded'}: --no-decode)")
     lines.append(f"  {'usable' if report.usable else 'NOT USABLE'}")
     return "\n".join(lines)

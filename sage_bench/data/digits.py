@@ -21,8 +21,12 @@ a fixed seed, so every job of a sweep sees the same environments and only the in
 
 from __future__ import annotations
 
+import gzip
+import importlib.util
 from functools import lru_cache
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
@@ -35,17 +39,33 @@ IMAGE_SIZE = 16
 _DATA_SEED = 0  # fixed: environments are a property of the data set, not of a job
 
 
+def read_sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits: ``(1797, 8, 8)`` float64 images (0..16) and ``(1797,)`` labels.
+
+    Read from the ``digits.csv.gz`` file scikit-learn ships, the way ``load_digits`` reads it,
+    without importing scikit-learn (which takes seconds); ``load_digits`` if the file moved."""
+    spec = importlib.util.find_spec("sklearn")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    path = Path(locations[0]) / "datasets" / "data" / "digits.csv.gz" if locations else None
+    if path is None or not path.is_file():
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        return digits.images, digits.target
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        data = np.loadtxt(f, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
+
+
 @lru_cache(maxsize=1)
 def load_digit_images() -> tuple[torch.Tensor, torch.Tensor]:
     """All 1,797 digits as float images ``(N, 1, 16, 16)`` in [0, 1] and labels ``(N,)``,
     in one fixed shuffled order."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    raw_images, raw_labels = read_sklearn_digits()
+    images = torch.as_tensor(raw_images, dtype=torch.float32).unsqueeze(1) / 16.0
     images = F.interpolate(images, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False)
     images = images.clamp_(0.0, 1.0)
-    labels = torch.as_tensor(digits.target, dtype=torch.long)
+    labels = torch.as_tensor(raw_labels, dtype=torch.long)
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(_DATA_SEED))
     return images[order].contiguous(), labels[order].contiguous()
 

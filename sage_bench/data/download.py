@@ -1,8 +1,11 @@
-"""Download, verify, extract and arrange DomainBed's real data sets (``sage-bench download``).
+"""Download, verify, extract and arrange the real data sets (``sage-bench download``).
 
-The sources are DomainBed's (``domainbed/scripts/download.py``): Google Drive copies of PACS,
-VLCS and OfficeHome, the VisDA-2019 server for DomainNet, LILA's Caltech Camera Traps archives for
-TerraIncognita. Each archive is taken, in order, from
+The DomainBed sources are DomainBed's (``domainbed/scripts/download.py``): Google Drive copies of
+PACS, VLCS and OfficeHome, the VisDA-2019 server for DomainNet, LILA's Caltech Camera Traps
+archives for TerraIncognita. The multi-task sets NYUv2 and Cityscapes are MTAN's preprocessed
+``.npy`` folders on Dropbox, the links the MTAN, CAGrad, Nash-MTL and FAMO READMEs give (a shared
+Dropbox folder downloads as one zip with ``dl=1``; a zip found inside it is extracted too). Each
+archive is taken, in order, from
 
 1. ``archives=DIR``: a folder that already holds the archive under its file name (clusters whose
    compute nodes have no internet: copy the archives there first; they are never deleted);
@@ -13,7 +16,7 @@ HTTP downloads resume a partial ``<file>.part`` with a Range request. The publis
 checksums for these archives, so what is verified is what can be: the size the server announces,
 the SHA-256 where this module records one, the archive's own integrity (every member read back
 through its CRC), and, after extraction, the number of images per environment against the
-published counts. The one file with a recorded checksum is DomainBed's list of DomainNet
+published counts (for NYUv2 and Cityscapes: samples per split). The one file with a recorded checksum is DomainBed's list of DomainNet
 duplicates, fetched from DomainBed's repository at a pinned commit.
 
 Installation is staged under ``<data_dir>/.sage-bench-download/`` and moved into place only when
@@ -40,6 +43,7 @@ from pathlib import Path
 
 from sage_bench.data.domainbed import REAL_DATASETS
 from sage_bench.data.images import MultiEnvironmentImageFolder, find_images, list_folders
+from sage_bench.data.nyuv2 import NPY_DATASETS, NpyMultiTaskDataset
 from sage_bench.errors import UserError
 
 MARKER = ".sage-bench.json"
@@ -52,6 +56,36 @@ DOMAINBED_RAW = f"https://raw.githubusercontent.com/facebookresearch/DomainBed/{
 
 class DownloadError(UserError):
     """A download, verification or extraction that failed; the message says what to do."""
+
+
+# every data set ``sage-bench download`` installs, and the names that stand for several
+DOWNLOADABLE: dict[str, type[MultiEnvironmentImageFolder] | type[NpyMultiTaskDataset]] = {
+    **REAL_DATASETS,
+    **NPY_DATASETS,
+}
+GROUPS: dict[str, list[str]] = {
+    "all": list(DOWNLOADABLE),
+    "domainbed": list(REAL_DATASETS),
+    "mtl": list(NPY_DATASETS),
+}
+
+
+def expand_names(names: Iterable[str]) -> list[str]:
+    """Data set names with the group names (``all``, ``domainbed``, ``mtl``) expanded, in order
+    and without repeats; an unknown name is an error that lists the valid ones."""
+    names = list(names)
+    unknown = [n for n in names if n not in DOWNLOADABLE and n not in GROUPS]
+    if unknown:
+        raise DownloadError(
+            f"unknown dataset(s) {', '.join(map(repr, unknown))}; valid choices: "
+            f"{', '.join(DOWNLOADABLE)}, or {', '.join(GROUPS)}"
+        )
+    expanded: list[str] = []
+    for name in names:
+        for member in GROUPS.get(name, [name]):
+            if member not in expanded:
+                expanded.append(member)
+    return expanded
 
 
 @dataclass(frozen=True)
@@ -162,6 +196,39 @@ def _arrange_terra_incognita(cls, staging: Path, files: dict[str, Path]) -> Path
     return out
 
 
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+
+
+def find_split_root(cls: type[NpyMultiTaskDataset], staging: Path, depth: int = 3) -> Path | None:
+    """The folder under ``staging`` (at most ``depth`` levels down) that holds every split and
+    modality folder of ``cls``, or ``None``."""
+    candidates = [staging]
+    for _ in range(depth + 1):
+        for folder in candidates:
+            if cls.count(folder) is not None:
+                return folder
+        candidates = [folder / name for folder in candidates for name in list_folders(folder)]
+    return None
+
+
+def _arrange_npy(cls, staging: Path, files: dict[str, Path]) -> Path:
+    """MTAN's ``{train,val}/<modality>/<i>.npy`` folders, wherever the archive put them; archives
+    inside the archive (a Dropbox folder holding a zip) are extracted first if needed."""
+    root = find_split_root(cls, staging)
+    if root is None:
+        inner = sorted(p for p in staging.rglob("*") if p.is_file() and p.name.endswith(ARCHIVE_SUFFIXES))
+        for path in inner:
+            extract(path, path.parent / f"{path.name}.extracted")
+            path.unlink()
+        root = find_split_root(cls, staging, depth=5)
+    if root is None:
+        folders = ", ".join(f"{{train,val}}/{f}" for f in cls.FOLDERS.values())
+        raise DownloadError(
+            f"the {cls.name()} archive did not contain the folders {folders}; is it the right archive?"
+        )
+    return root
+
+
 def _link_or_copy(src: Path, dst: Path) -> None:
     if dst.exists():
         return
@@ -205,6 +272,14 @@ RECIPES: dict[str, Recipe] = {
             ),
         ),
         _arrange_domain_net,
+    ),
+    "NYUv2": Recipe(
+        (Source("nyuv2.zip", "https://www.dropbox.com/sh/86nssgwm6hm3vkb/AACrnUQ4GxpdrBbLjb6n-mWNa?dl=1"),),
+        _arrange_npy,
+    ),
+    "Cityscapes": Recipe(
+        (Source("cityscapes.zip", "https://www.dropbox.com/sh/gaw6vh6qusoyms6/AADwWi0Tp3E3M4B2xzeGlsEna?dl=1"),),
+        _arrange_npy,
     ),
 }
 
@@ -384,16 +459,16 @@ class Installer:
     def install(self, name: str) -> Path:
         """Install data set ``name`` into ``data_dir``; return its folder. Does nothing when it is
         already installed."""
-        if name not in REAL_DATASETS:
-            raise DownloadError(f"unknown dataset {name!r}; valid choices: {', '.join(REAL_DATASETS)}")
-        cls = REAL_DATASETS[name]
+        if name not in DOWNLOADABLE:
+            raise DownloadError(f"unknown dataset {name!r}; valid choices: {', '.join(DOWNLOADABLE)}")
+        cls = DOWNLOADABLE[name]
         recipe = self.recipes[name]
         dest = self.data_dir / cls.FOLDER
         if (dest / MARKER).is_file() and not self.force:
             self.log(f"{name}: already installed in {dest}")
             return dest
         if dest.exists() and not self.force:
-            counts = count_images(cls, dest)
+            counts = count_samples(cls, dest)
             if counts is not None and matching_version(cls, counts) is not None:
                 self.log(f"{name}: {dest} already holds the complete data set; recording it")
                 write_marker(dest, name, counts, {})
@@ -429,7 +504,7 @@ class Installer:
                 files[source.filename] = path
         root = recipe.arrange(cls, staging, files)
 
-        counts = count_images(cls, root)
+        counts = count_samples(cls, root)
         version = matching_version(cls, counts) if counts is not None else None
         if version is None and not self.check_counts:
             version = "counts match no published version"
@@ -469,7 +544,15 @@ def count_images(cls: type[MultiEnvironmentImageFolder], root: Path) -> dict[str
     return counts
 
 
-def matching_version(cls: type[MultiEnvironmentImageFolder], counts: dict[str, int]) -> str | None:
+def count_samples(cls, root: Path) -> dict[str, int] | None:
+    """What ``cls``'s published counts count under ``root``: images per environment folder, or
+    for the multi-task sets samples per split (``None`` if a folder is missing)."""
+    if issubclass(cls, NpyMultiTaskDataset):
+        return cls.count(root)
+    return count_images(cls, root)
+
+
+def matching_version(cls, counts: dict[str, int]) -> str | None:
     """Which published version ``counts`` match, per environment or in total:
     ``"published counts"``, the name of an alternative version, or ``None``."""
     versions = {"published counts": cls.EXPECTED_IMAGES, **cls.ALTERNATIVE_IMAGES}
@@ -488,7 +571,7 @@ def write_marker(dest: Path, name: str, counts: dict[str, int], digests: dict[st
     record = {
         "dataset": name,
         "images": counts,
-        "version": version or matching_version(REAL_DATASETS[name], counts),
+        "version": version or matching_version(DOWNLOADABLE[name], counts),
         "sources_sha256": digests,
         "installed": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "sage_bench": __version__,
@@ -497,12 +580,10 @@ def write_marker(dest: Path, name: str, counts: dict[str, int], digests: dict[st
 
 
 def install(names: Iterable[str], data_dir: str | os.PathLike, **options) -> list[Path]:
-    """Install each data set in ``names`` (``"all"`` for the five) into ``data_dir``."""
-    names = list(names)
-    if "all" in names:
-        names = list(REAL_DATASETS)
+    """Install each data set in ``names`` (or a group: ``all``, ``domainbed`` for DomainBed's
+    five, ``mtl`` for NYUv2 and Cityscapes) into ``data_dir``."""
     installer = Installer(Path(data_dir), **options)
-    return [installer.install(name) for name in names]
+    return [installer.install(name) for name in expand_names(names)]
 
 
-__all__ = ["RECIPES", "DownloadError", "Installer", "Recipe", "Source", "install"]
+__all__ = ["DOWNLOADABLE", "GROUPS", "RECIPES", "DownloadError", "Installer", "Recipe", "Source", "expand_names", "install"]

@@ -5,8 +5,10 @@ from sage_bench.geometry.domain_grads import (
     DOMAIN_GRAD_METHODS,
     DomainGradients,
     domain_gradients,
+    grads_of_losses,
     mean_pairwise_cosine,
 )
+from sage_bench.geometry.flat import flatten, unflatten
 from sage_bench.geometry.noise import add_gaussian_noise_, noise_scale
 from sage_bench.geometry.perturb import (
     asam_perturbation,
@@ -24,6 +26,8 @@ __all__ = [
     "add_gaussian_noise_",
     "asam_perturbation",
     "domain_gradients",
+    "flatten",
+    "grads_of_losses",
     "global_norm",
     "mean_pairwise_cosine",
     "noise_scale",
@@ -32,4 +36,5 @@ __all__ = [
     "polar_factor",
     "sam_perturbation",
     "spectral_perturbation",
+    "unflatten",
 ]

@@ -71,19 +71,32 @@ def _chunks(network, params, minibatches, loss_fn, autocast):
     return torch.stack(losses), grads
 
 
+def grads_of_losses(
+    losses: Sequence[torch.Tensor], params: Sequence[torch.Tensor], retain_graph: bool = False
+) -> list[list[torch.Tensor | None]]:
+    """The gradient of each loss w.r.t. ``params``: one backward pass per loss through the graph
+    they share (one forward, ``K`` backwards). ``grads[k][j]`` is ``d losses[k] / d params[j]``,
+    ``None`` where ``losses[k]`` does not depend on ``params[j]``. The graph is freed after the
+    last loss unless ``retain_graph``."""
+    params = list(params)
+    grads = []
+    for k, loss in enumerate(losses):
+        keep = retain_graph or k < len(losses) - 1
+        grads.append(list(torch.autograd.grad(loss, params, retain_graph=keep, allow_unused=True)))
+    return grads
+
+
 def _concat(network, params, minibatches, loss_fn, autocast):
     x = torch.cat([x for x, _ in minibatches])
     with autocast():
         logits = network(x)
-    losses, grads, start = [], [], 0
-    for k, (_, y) in enumerate(minibatches):
+    losses, start = [], 0
+    for _, y in minibatches:
         with autocast():
-            loss = loss_fn(logits[start : start + len(y)], y)
+            losses.append(loss_fn(logits[start : start + len(y)], y))
         start += len(y)
-        last = k == len(minibatches) - 1
-        grads.append(list(torch.autograd.grad(loss, params, retain_graph=not last, allow_unused=True)))
-        losses.append(loss.detach().float())
-    return torch.stack(losses), grads
+    grads = grads_of_losses(losses, params)
+    return torch.stack([loss.detach().float() for loss in losses]), grads
 
 
 def _vmap(network, params, minibatches, loss_fn, autocast):

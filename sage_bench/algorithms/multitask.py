@@ -1,0 +1,328 @@
+"""Multi-task algorithms: STL, and LS / MGDA / FairGrad over per-task gradients of shared parameters.
+
+A ``MultiTaskAlgorithm`` wraps a network whose ``forward(x)`` returns ``{task: prediction}`` and
+which offers ``shared_parameters()``, ``task_parameters(task)`` and ``task_names`` (e.g.
+``sage_bench.models.mtan.MTAN``), a torch optimizer over its parameters, hyperparameters, and a
+loss function ``(outputs, targets) -> {task: loss}`` (``sage_bench.mtl.MultiTaskLoss``). It owns
+neither network nor optimizer. ``update(x, targets)`` does one training step and returns floats
+to log; ``predict(x)`` gives the network's outputs.
+
+A ``GradientAggregation`` row does what the lineage's ``weight_method.backward`` does, from one
+forward and ``K`` backward passes: the ``K x P`` matrix ``G`` of each task's gradient of the
+shared parameters goes to an aggregator (``sage_bench.aggregators``), whose direction becomes the
+shared parameters' gradient and whose weights scale each head's own gradient (1 where it has
+none); then the shared gradient is clipped where the method's repository clips it, and the
+optimizer steps. Clipping, as the repositories behind Table 2 do it: LS and MGDA (nash-mtl, FAMO)
+never clip (FAMO's base class clips *before* ``backward``, a no-op); FairGrad clips the shared
+gradient to norm 1 after aggregation.
+
+A parameter no task's loss depends on keeps ``grad = None`` (Adam leaves it alone), as with the
+lineage's ``loss.backward()``: STL leaves the other tasks' attention modules and heads untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from sage_bench.aggregators import AGGREGATORS, aggregate
+from sage_bench.geometry import flatten, grads_of_losses, unflatten
+from sage_bench.hparams import HParam
+
+LossFn = Callable[[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]], Mapping[str, torch.Tensor]]
+
+
+@dataclass
+class TaskGradients:
+    """Per-task losses and gradients from one forward and ``K`` backward passes."""
+
+    losses: torch.Tensor  # (K,) detached, in task order
+    shared: torch.Tensor  # (K, P): row k is task k's gradient of the shared parameters, flattened
+    heads: dict[str, list[torch.Tensor]]  # each task's gradient of its own head
+    shared_used: list[bool]  # whether any task's loss depends on each shared parameter
+    per_task_shared: list[list[torch.Tensor]] | None = None  # rows of ``shared`` as tensors, if kept
+
+
+class NoiseSource:
+    """A ``torch.Generator`` on the parameters' device, seeded once from the global generator
+    (so fixed by the job's seed) and saved with the algorithm (``state_dict``/``load_state_dict``)."""
+
+    def __init__(self) -> None:
+        self.seed = int(torch.randint(0, 2**62, (1,)).item())
+        self._generator: torch.Generator | None = None
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        if self._generator is None or self._generator.device != device:
+            self._generator = torch.Generator(device=device).manual_seed(self.seed)
+        return self._generator
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"seed": self.seed}
+        if self._generator is not None:
+            state["generator_state"] = self._generator.get_state()
+            state["generator_device"] = str(self._generator.device)
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.seed = int(state["seed"])
+        self._generator = None
+        if "generator_state" in state:
+            self.generator(torch.device(state["generator_device"])).set_state(state["generator_state"])
+
+
+class MultiTaskAlgorithm(nn.Module):
+    """The interface of the multi-task rows; see the module docstring.
+
+    The algorithm's ``state_dict`` holds the network's weights and the algorithm's own state
+    (generators, solver state) as ``_extra_state``; the optimizer's state is saved separately.
+    Forward passes go through ``self.autocast()`` (``autocast_dtype``, as the DG ``Algorithm``).
+    """
+
+    autocast_dtype: torch.dtype | None = None
+
+    def __init__(
+        self,
+        network: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        hparams: Mapping[str, Any],
+        loss_fn: LossFn,
+    ):
+        super().__init__()
+        self.network = network
+        self.optimizer = optimizer
+        self.hparams = dict(hparams)
+        self.loss_fn = loss_fn
+        self.tasks: list[str] = list(network.task_names)
+
+    # ---------------------------------------------------------------------------- plumbing
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        device_type = next(self.network.parameters()).device.type
+        return torch.autocast(device_type=device_type, dtype=self.autocast_dtype)
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.network.shared_parameters() if p.requires_grad]
+
+    def head_parameters(self, task: str) -> list[nn.Parameter]:
+        return [p for p in self.network.task_parameters(task) if p.requires_grad]
+
+    def task_losses(self, x: torch.Tensor, targets: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+        """One forward pass; each task's loss, in task order (half precision upcast to float32)."""
+        with self.autocast():
+            losses = self.loss_fn(self.network(x), targets)
+        return [losses[t] if losses[t].dtype in (torch.float32, torch.float64) else losses[t].float() for t in self.tasks]
+
+    def task_gradients(self, losses: list[torch.Tensor], keep_tensors: bool = False) -> TaskGradients:
+        """Each task's gradient of the shared parameters and of its own head, by one backward
+        pass per task through the forward that made ``losses`` (``grads_of_losses``)."""
+        shared = self.shared_parameters()
+        heads = {t: self.head_parameters(t) for t in self.tasks}
+        params = shared + [p for t in self.tasks for p in heads[t]]
+        grads = grads_of_losses(losses, params)
+        rows = torch.empty(len(self.tasks), sum(p.numel() for p in shared), dtype=shared[0].dtype, device=shared[0].device)
+        head_grads, start, tensors = {}, len(shared), []
+        for k, task in enumerate(self.tasks):
+            rows[k] = flatten(grads[k][: len(shared)], like=shared)
+            if keep_tensors:
+                tensors.append(unflatten(rows[k], shared))
+            own = grads[k][start : start + len(heads[task])]
+            head_grads[task] = [torch.zeros_like(p) if g is None else g for p, g in zip(heads[task], own, strict=True)]
+            start += len(heads[task])
+        used = [any(grads[k][j] is not None for k in range(len(self.tasks))) for j in range(len(shared))]
+        return TaskGradients(
+            torch.stack([loss.detach() for loss in losses]), rows, head_grads, used, tensors if keep_tensors else None
+        )
+
+    def set_gradients(
+        self,
+        shared_direction: torch.Tensor,
+        head_grads: Mapping[str, list[torch.Tensor]],
+        head_weights: torch.Tensor | None = None,
+        shared_used: list[bool] | None = None,
+    ) -> None:
+        """``.grad`` of the shared parameters from the flat ``shared_direction`` (``None`` where
+        no task uses a parameter), of each head ``weight_k *`` its own gradient."""
+        self.optimizer.zero_grad(set_to_none=True)
+        shared = self.shared_parameters()
+        used = shared_used if shared_used is not None else [True] * len(shared)
+        for p, g, u in zip(shared, unflatten(shared_direction, shared), used, strict=True):
+            p.grad = g if u else None
+        for k, task in enumerate(self.tasks):
+            weight = None if head_weights is None else head_weights[k]
+            for p, g in zip(self.head_parameters(task), head_grads[task], strict=True):
+                p.grad = g if weight is None else g * weight
+
+    def clip_shared(self, max_norm: float | None) -> None:
+        """The repositories' ``clip_grad_norm_(shared_parameters, max_norm)`` (nothing if None)."""
+        if max_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.shared_parameters(), max_norm)
+
+    def step(self) -> None:
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    # ---------------------------------------------------------------------------- interface
+    def update(self, x: torch.Tensor, targets: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        """One training step on a batch; returns floats to log."""
+        raise NotImplementedError
+
+    def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.network(x)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.predict(x)
+
+    def loss_stats(self, losses: torch.Tensor, prefix: str = "") -> dict[str, float]:
+        stats = {f"{prefix}loss": losses.sum().item()}
+        stats.update({f"{prefix}loss_{t}": v.item() for t, v in zip(self.tasks, losses, strict=True)})
+        return stats
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class STL(MultiTaskAlgorithm):
+    """Single-task learning (nash-mtl ``STL``): the loss of task ``hparams["task"]`` alone, so the
+    shared parameters it uses and its head get its gradient; nothing is clipped. One network per
+    task; the other heads and attention modules are never updated."""
+
+    def __init__(self, network, optimizer, hparams, loss_fn):
+        super().__init__(network, optimizer, hparams, loss_fn)
+        if self.hparams["task"] not in self.tasks:
+            raise ValueError(f"STL task {self.hparams['task']!r} is not a task of the network; tasks: {', '.join(self.tasks)}")
+
+    def update(self, x, targets):
+        task = self.hparams["task"]
+        losses = self.task_losses(x, targets)
+        k = self.tasks.index(task)
+        params = self.shared_parameters() + self.head_parameters(task)
+        grads = torch.autograd.grad(losses[k], params, allow_unused=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
+        self.step()
+        return self.loss_stats(torch.stack([loss.detach() for loss in losses]))
+
+
+def _takes(fn: Callable, name: str) -> bool:
+    return name in inspect.signature(fn).parameters
+
+
+class GradientAggregation(MultiTaskAlgorithm):
+    """A solver over the per-task gradients of the shared parameters (see the module docstring).
+
+    ``solver`` is an aggregator name; its hyperparameters are read from ``hparams`` by the names
+    in ``SOLVER_SPACES[solver]``; ``max_norm`` clips the shared gradient (None: no clipping).
+    Aggregators that keep state between steps (``state=``) or draw random numbers
+    (``generator=``) get the algorithm's own, which its ``state_dict`` saves.
+    """
+
+    solver: str = ""
+    max_norm: float | None = None
+
+    def __init__(self, network, optimizer, hparams, loss_fn):
+        super().__init__(network, optimizer, hparams, loss_fn)
+        if self.solver not in AGGREGATORS:
+            raise ValueError(f"unknown aggregator {self.solver!r}; valid choices: {', '.join(sorted(AGGREGATORS))}")
+        self.solver_state: dict[str, Any] = {}
+        # drawn from the global generator only by solvers that draw random numbers
+        self.solver_noise = NoiseSource() if _takes(AGGREGATORS[self.solver], "generator") else None
+
+    def solver_hparams(self) -> dict[str, Any]:
+        names = SOLVER_SPACES[self.solver]() if self.solver in SOLVER_SPACES else {}
+        return {name: self.hparams[name] for name in names}
+
+    def solve(self, grads: torch.Tensor, losses: torch.Tensor, **extra: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The aggregator's ``(direction, head weights)`` for the ``K x P`` matrix ``grads``."""
+        fn = AGGREGATORS[self.solver]
+        kwargs = {**self.solver_hparams(), **extra}
+        if _takes(fn, "state"):
+            kwargs["state"] = self.solver_state
+        if self.solver_noise is not None:
+            kwargs["generator"] = self.solver_noise.generator(grads.device)
+        return aggregate(self.solver, grads, losses, **kwargs)
+
+    def update(self, x, targets):
+        losses = self.task_losses(x, targets)
+        grads = self.task_gradients(losses)
+        direction, weights = self.solve(grads.shared, grads.losses)
+        self.set_gradients(direction, grads.heads, weights, grads.shared_used)
+        self.clip_shared(self.max_norm)
+        self.step()
+        stats = self.loss_stats(grads.losses)
+        if weights is not None:
+            stats.update({f"weight_{t}": w.item() for t, w in zip(self.tasks, weights, strict=True)})
+        return stats
+
+    def get_extra_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"solver_state": self.solver_state}
+        if self.solver_noise is not None:
+            state["solver_noise"] = self.solver_noise.state_dict()
+        return state
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.solver_state = dict(state["solver_state"])
+        if self.solver_noise is not None:
+            self.solver_noise.load_state_dict(state["solver_noise"])
+
+
+class LS(GradientAggregation):
+    """Linear scalarisation: the sum of the task gradients; heads weight 1; no clipping."""
+
+    solver = "ls"
+
+
+class MGDA(GradientAggregation):
+    """MGDA: ``K`` times Sener and Koltun's min-norm combination; head ``k`` weight ``K lambda_k``;
+    no clipping (nash-mtl / FAMO)."""
+
+    solver = "mgda"
+
+
+class FairGrad(GradientAggregation):
+    """FairGrad (``alpha``): ``K G^T w``; heads weight 1; shared gradient clipped to norm 1."""
+
+    solver = "fairgrad"
+    max_norm = 1.0
+
+
+# --------------------------------------------------------------------------------------------
+# Hyperparameter spaces (name -> HParam), to be registered with the classes.
+
+
+def _choice(values: list[Any]):
+    return lambda r: values[r.randint(len(values))]
+
+
+SOLVER_SPACES: dict[str, Callable[[], dict[str, HParam]]] = {
+    "ls": dict,
+    "mgda": dict,
+    # alpha 2 is what FairGrad's run scripts use for NYUv2 and Cityscapes (the CLI default is 1)
+    "fairgrad": lambda: {"alpha": HParam(2.0, _choice([0.5, 1.0, 2.0, 5.0]), "FairGrad's alpha (A w = w^(-1/alpha))")},
+}
+
+
+def stl_space(family: str) -> dict[str, HParam]:
+    return {"task": HParam("seg", lambda r: "seg", "the one task STL trains (a task name of the data set)")}
+
+
+def ls_space(family: str) -> dict[str, HParam]:
+    return SOLVER_SPACES["ls"]()
+
+
+def mgda_space(family: str) -> dict[str, HParam]:
+    return SOLVER_SPACES["mgda"]()
+
+
+def fairgrad_space(family: str) -> dict[str, HParam]:
+    return SOLVER_SPACES["fairgrad"]()

@@ -1,0 +1,218 @@
+"""SAGE-X and SAGE-SAMO-X: SAGE (the paper's Algorithm 1) around a multi-task solver X.
+
+The paper publishes no multi-task code. What it states (appendix G, Sec. 5): SAGE replaces the
+optimizer's ascent and descent steps of LS, MGDA, FairGrad and SAMO-X "without task-routing or
+solver-specific design"; tasks play the role of domains; per-task gradients come from the first
+pass over the batch; rho 1e-4 and gamma 1e-5 on both data sets; the protocol of SAMO and FAMO.
+Everything else is a choice, made here as one code path with a switch for each:
+
+1. Clean pass: one forward, ``K`` backward passes: each task's loss and gradient (shared
+   parameters and its own head). ``S`` = mean pairwise cosine of the tasks' gradients
+   (``sage_bench.geometry.mean_pairwise_cosine``) over the shared parameters
+   (``agreement_params="shared"``; ``"all"`` adds the heads, which are disjoint across tasks and
+   pull ``S`` towards 0); ``beta = gamma (1 - S)``.
+2. Ascent direction (``ascent``):
+
+   - ``"mean"`` (SAGE-X's default): one direction for every task, the mean gradient
+     ``g = mean_k g_k`` -- "no task routing";
+   - ``"samo"`` (SAGE-SAMO-X's default): SAMO's per-task directions
+     ``g_t = (1 - beta_samo) g + beta_samo zhat_t`` (``sage_bench.algorithms.samo``), one
+     perturbation per task;
+   - ``"samo_mean"``: one perturbation from the mean of SAMO's per-task directions.
+
+   Heads: each head's perturbation comes from its part of ``g`` (its task's gradient / K).
+3. Perturbation: SAGE's spectral one (``sage_bench.geometry.spectral_perturbation``):
+   ``rho ||W||_F polar(G_W)`` for every tensor with two or more dimensions (conv kernels as
+   ``(out, -1)``), ``rho g / ||g||`` per vector; on the shared parameters and the heads.
+4. Perturbed pass, BatchNorm statistics frozen (as SAMO): with one perturbation one forward and
+   ``K`` backward passes; with per-task perturbations one forward per task (as SAMO). Each
+   task's perturbed gradient of the shared parameters, and of its own head.
+5. Descent (``descent``):
+
+   - ``"samo"`` (default for both): the solver with the ``*WithSAMO`` scale factors (LS
+     ``K sum``, MGDA ``K^2 sum lambda g``, FairGrad ``K G^T w`` with SAMO's residual), heads
+     with their own perturbed gradient, the shared gradient clipped to norm 1 -- what a SAGE
+     built into SAMO's trainer (the code base of SAGE-SAMO-X, whose protocol the paper follows)
+     does;
+   - ``"base"``: X's own descent (LS ``sum``, MGDA ``K sum lambda g`` with heads ``K lambda``,
+     FairGrad ``K G^T w`` with FairGrad's residual; clipping only for FairGrad). With
+     ``rho = 0`` and ``gamma = 0`` this is exactly X.
+
+6. Noise: ``beta xi``, ``xi ~ N(0, I)`` from the algorithm's own seeded generator, added to the
+   final gradient of every parameter (``noise_params="all"``; ``"shared"``: the shared ones
+   only), after clipping (``noise_after_clip=True``; before, the clip would rescale the noise
+   with the gradient). With Adam and the paper's gamma = 1e-5 the noise is small next to a
+   clipped gradient either way; after the clip it is exactly ``beta xi``.
+
+With ``rho = 0`` and ``gamma = 0``, SAGE-X with ``descent="base"`` equals X, and SAGE-X with the
+default descent equals SAMO-X with ``rho = 0``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from sage_bench.algorithms.multitask import SOLVER_SPACES, NoiseSource
+from sage_bench.algorithms.samo import SAMO, WITH_SAMO, _const, zeroth_order_space
+from sage_bench.algorithms.sharpness import frozen_batchnorm_statistics
+from sage_bench.geometry import (
+    add_gaussian_noise_,
+    mean_pairwise_cosine,
+    noise_scale,
+    perturbed,
+    spectral_perturbation,
+    unflatten,
+)
+from sage_bench.hparams import HParam
+
+ASCENTS = ("mean", "samo", "samo_mean")
+DESCENTS = ("samo", "base")
+# X's own clipping, for descent="base" (see sage_bench.algorithms.multitask)
+BASE_MAX_NORM = {"ls": None, "mgda": None, "fairgrad": 1.0}
+
+
+class SAGEMultiTask(SAMO):
+    """SAGE around the solver ``solver``; the module docstring lists the steps and switches."""
+
+    default_ascent = "mean"
+
+    def __init__(self, network, optimizer, hparams, loss_fn):
+        super().__init__(network, optimizer, hparams, loss_fn)
+        for name, valid in (("ascent", ASCENTS), ("descent", DESCENTS), ("agreement_params", ("shared", "all"))):
+            if self.hparams[name] not in valid:
+                raise ValueError(f"hparams.{name}={self.hparams[name]!r}; valid choices: {', '.join(valid)}")
+        self.noise = NoiseSource()
+
+    def spectral(self, params, grads) -> list[torch.Tensor]:
+        h = self.hparams
+        return spectral_perturbation(
+            params, grads, h["rho"], orthogonalize=h["orthogonalize"], layer_scale=h["layer_scale"],
+            polar=h["polar"], ns_steps=h["ns_steps"],
+        )  # fmt: skip
+
+    def ascent_directions(self, x, targets, mean_shared: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+        """One shared direction (``mean``, ``samo_mean``) or one per task (``samo``)."""
+        if self.hparams["ascent"] == "mean":
+            return [mean_shared]
+        zhat = {t: self.zeroth_order_gradient(x, targets, t) for t in self.tasks}
+        per_task = [self.mixed_direction(mean_shared, zhat[t]) for t in self.tasks]
+        if self.hparams["ascent"] == "samo":
+            return per_task
+        return [torch.stack(list(tensors)).mean(0) for tensors in zip(*per_task, strict=True)]
+
+    def shared_perturbed_gradients(self, x, targets, shared_eps: list[torch.Tensor], head_eps) -> tuple:
+        """One perturbation for all tasks: one forward at ``theta + e``, ``K`` backward passes."""
+        shared = self.shared_parameters()
+        heads = [p for t in self.tasks for p in self.head_parameters(t)]
+        with frozen_batchnorm_statistics(self.network), perturbed(
+            shared + heads, shared_eps + [e for t in self.tasks for e in head_eps[t]]
+        ):
+            losses = self.task_losses(x, targets)
+            grads = self.task_gradients(losses)
+        return grads.shared, grads.heads, grads.losses
+
+    def update(self, x, targets):
+        h = self.hparams
+        shared = self.shared_parameters()
+        n_shared = len(shared)
+
+        # 1. clean pass: per-task gradients, agreement, noise scale
+        losses = self.task_losses(x, targets)
+        clean = self.task_gradients(losses, keep_tensors=True)
+        per_task = clean.per_task_shared
+        if h["agreement_params"] == "all":
+            per_task = [rows + clean.heads[t] for rows, t in zip(per_task, self.tasks, strict=True)]
+        agreement = mean_pairwise_cosine(per_task).item()
+        beta = noise_scale(agreement, h["gamma"]) if h["noise"] else 0.0
+        # the mean gradient: shared rows averaged, each head's own gradient / K
+        mean = unflatten(clean.shared.mean(0), shared) + [g / len(self.tasks) for t in self.tasks for g in clean.heads[t]]
+        if h["accumulate_previous"] and self.previous is not None:
+            mean = [g if prev is None else g + prev for g, prev in zip(mean, self.previous, strict=True)]
+
+        # 2-3. ascent directions and spectral perturbations
+        head_eps, start = {}, n_shared
+        for task in self.tasks:
+            head = self.head_parameters(task)
+            head_eps[task] = self.spectral(head, mean[start : start + len(head)])
+            start += len(head)
+        directions = self.ascent_directions(x, targets, mean[:n_shared])
+        shared_eps = [self.spectral(shared, d) for d in directions]
+
+        # 4. perturbed gradients
+        if len(shared_eps) == 1:
+            rows, head_grads, perturbed_losses = self.shared_perturbed_gradients(x, targets, shared_eps[0], head_eps)
+        else:
+            rows, head_grads, perturbed_losses = self.per_task_perturbed_gradients(x, targets, shared_eps, head_eps)
+        del clean
+
+        # 5. descent, 6. noise
+        if h["descent"] == "samo":
+            direction, weights, max_norm = self.samo_direction(rows, perturbed_losses), None, self.max_norm
+        else:
+            direction, weights = self.solve(rows, perturbed_losses)
+            max_norm = BASE_MAX_NORM[self.solver]
+        self.set_gradients(direction, head_grads, weights)
+        if not h["noise_after_clip"]:
+            self.add_noise(beta)
+        self.clip_shared(max_norm)
+        if h["noise_after_clip"]:
+            self.add_noise(beta)
+        self.remember()
+        self.step()
+        return {
+            **self.loss_stats(torch.stack([loss.detach() for loss in losses])),
+            **self.loss_stats(perturbed_losses, prefix="perturbed_"),
+            "S": agreement,
+            "beta": beta,
+        }
+
+    def add_noise(self, beta: float) -> None:
+        """``grad += beta xi`` on the parameters ``noise_params`` names (nothing when beta = 0)."""
+        params = self.shared_parameters() if self.hparams["noise_params"] == "shared" else self.all_parameters()
+        grads = [p.grad for p in params if p.grad is not None]
+        if grads:
+            add_gaussian_noise_(grads, beta, self.noise.generator(grads[0].device))
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {**super().get_extra_state(), "noise": self.noise.state_dict()}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        super().set_extra_state(state)
+        self.noise.load_state_dict(state["noise"])
+
+
+def sage_space(solver: str, ascent: str = "mean", family: str = "large") -> dict[str, HParam]:
+    """SAGE-X's (``ascent="mean"``) or SAGE-SAMO-X's (``ascent="samo"``) hyperparameters.
+    rho 1e-4 and gamma 1e-5 are the paper's for both multi-task data sets."""
+    return {
+        "rho": HParam(1e-4, lambda r: float(10 ** r.uniform(-5, -3)), "spectral perturbation radius, relative to ||W||_F"),
+        "gamma": HParam(1e-5, lambda r: float(10 ** r.uniform(-6, -4)), "largest noise scale (at S = -1 it is 2 gamma)"),
+        "orthogonalize": HParam(True, _const(True), "polar factor of each weight gradient (off: G/||G||_F)"),
+        "layer_scale": HParam(True, _const(True), "scale each perturbation by ||W||_F"),
+        "noise": HParam(True, _const(True), "agreement-scaled gradient noise at the descent step"),
+        "polar": HParam("quintic", _const("quintic"), "how the polar factor is computed", ("quintic", "cubic", "svd")),
+        "ns_steps": HParam(5, _const(5), "Newton-Schulz iterations"),
+        "agreement_params": HParam("shared", _const("shared"), "parameters S is computed over", ("shared", "all")),
+        "ascent": HParam(ascent, _const(ascent), "one perturbation from the mean gradient, or SAMO's per task", ASCENTS),
+        "descent": HParam("samo", _const("samo"), "the solver with SAMO's scale factors and clip, or X's own", DESCENTS),
+        "noise_after_clip": HParam(True, _const(True), "add the noise after clipping the shared gradient"),
+        "noise_params": HParam("all", _const("all"), "parameters the noise is added to", ("all", "shared")),
+        **zeroth_order_space(),
+        **SOLVER_SPACES[solver](),
+    }
+
+
+def _row(name: str, solver: str, ascent: str) -> type[SAGEMultiTask]:
+    return type(name, (SAGEMultiTask,), {"solver": solver, "default_ascent": ascent, "__doc__": f"SAGE around {solver} (ascent {ascent!r} by default)."})
+
+
+SAGELS = _row("SAGELS", "ls", "mean")
+SAGEMGDA = _row("SAGEMGDA", "mgda", "mean")
+SAGEFairGrad = _row("SAGEFairGrad", "fairgrad", "mean")
+SAGESAMOLS = _row("SAGESAMOLS", "ls", "samo")
+SAGESAMOMGDA = _row("SAGESAMOMGDA", "mgda", "samo")
+SAGESAMOFairGrad = _row("SAGESAMOFairGrad", "fairgrad", "samo")
+
+assert set(BASE_MAX_NORM) == set(WITH_SAMO)
