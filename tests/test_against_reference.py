@@ -32,9 +32,9 @@ def _batches(shape, classes, k=3, n=5):
 
 
 def _assert_same(net_a, net_b, tol=1e-6):
-    for (name, a), b in zip(net_a.named_parameters(), net_b.parameters()):
+    for (name, a), b in zip(net_a.named_parameters(), net_b.parameters(), strict=True):
         assert torch.allclose(a, b, rtol=0, atol=tol), f"{name}: max diff {(a - b).abs().max().item():.2e}"
-    for (name, a), b in zip(net_a.named_buffers(), net_b.buffers()):
+    for (name, a), b in zip(net_a.named_buffers(), net_b.buffers(), strict=True):
         assert torch.allclose(a.float(), b.float(), atol=tol), name
 
 

@@ -22,7 +22,7 @@ def test_erm_on_a_users_model_with_sgd():
     algo = build_algorithm("ERM", model, torch.optim.SGD(model.parameters(), lr=0.1), {"lr": 0.1})
     stats = algo.update(_domains())
     assert set(stats) == {"loss"} and type(stats["loss"]) is float
-    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert algo.predict(torch.randn(2, 4)).shape == (2, 3)
 
 
@@ -38,7 +38,7 @@ def test_erm_update_is_one_step_of_mean_cross_entropy():
     y = torch.cat([b[1] for b in batches])
     loss = nn.functional.cross_entropy(ref(x), y)
     grads = torch.autograd.grad(loss, list(ref.parameters()))
-    for p, p_ref, g in zip(model.parameters(), ref.parameters(), grads):
+    for p, p_ref, g in zip(model.parameters(), ref.parameters(), grads, strict=True):
         assert torch.allclose(p, p_ref - 0.5 * g, atol=1e-7)
 
 

@@ -36,7 +36,7 @@ def test_gsam_and_disam_reduce_to_sam(name, neutral, optimizer):
     steps = _steps()
     _, sam_net = _run("SAM", tiny_mlp(), steps, {"rho": 0.05}, optimizer)
     _, other_net = _run(name, tiny_mlp(), steps, {"rho": 0.05, **neutral}, optimizer)
-    for a, b in zip(sam_net.parameters(), other_net.parameters()):
+    for a, b in zip(sam_net.parameters(), other_net.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6)
 
 
@@ -53,10 +53,10 @@ def test_sagm_with_zero_alpha_descends_along_mean_of_clean_and_sam_gradients():
     e = sam_perturbation(g, 0.05)
     moved = copy.deepcopy(ref)  # the same network at w + e
     with torch.no_grad():
-        for p, d in zip(moved.parameters(), e):
+        for p, d in zip(moved.parameters(), e, strict=True):
             p.add_(d)
     g_adv = torch.autograd.grad(F.cross_entropy(moved(x), y), list(moved.parameters()))
-    for p, p0, a, b in zip(net.parameters(), params, g, g_adv):
+    for p, p0, a, b in zip(net.parameters(), params, g, g_adv, strict=True):
         assert torch.allclose(p, p0 - 0.1 * 0.5 * (a + b), atol=1e-6)
 
 
@@ -71,7 +71,7 @@ def test_update_returns_floats_and_changes_weights(name):
     assert any(key == "loss" or key.endswith("_loss") or key.startswith("loss_") for key in stats)
     if isinstance(algo, TwoPassAlgorithm):
         assert "perturbed_loss" in stats
-    assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
 
 
 def _sage(net, **hparams):
@@ -127,8 +127,8 @@ def test_each_ablation_switch_changes_exactly_its_component():
     # noise off: same perturbation, no noise: identical to gamma = 0
     assert no_noise["perturbed_loss"] == full["perturbed_loss"] and no_noise["beta"] == 0.0
     assert no_noise["S"] == full["S"]
-    assert all(torch.equal(a, b) for a, b in zip(w_no_noise, w_zero_gamma))
-    assert any(not torch.equal(a, b) for a, b in zip(w_no_noise, w_full))
+    assert all(torch.equal(a, b) for a, b in zip(w_no_noise, w_zero_gamma, strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(w_no_noise, w_full, strict=True))
     # the perturbation switches change the perturbed point, not the agreement or the noise scale
     for variant in (no_ortho, no_scale):
         assert variant["S"] == full["S"] and variant["beta"] == full["beta"]
@@ -156,7 +156,7 @@ def test_sage_noise_is_seeded_and_survives_a_state_dict_round_trip():
     c.optimizer.load_state_dict(opt_state)
     for batch in steps[2:]:
         c.update(batch)
-    for p, q in zip(net_a.parameters(), net_c.parameters()):
+    for p, q in zip(net_a.parameters(), net_c.parameters(), strict=True):
         assert torch.equal(p, q)
 
 
@@ -192,7 +192,7 @@ def test_sage_sharpness_is_nearly_scale_invariant_and_sams_is_not():
         else:
             e = spectral_perturbation(ps, grads, 0.01, polar="quintic")
         with torch.no_grad():
-            return (loss([p + d for p, d in zip(ps, e)]) - clean).item()
+            return (loss([p + d for p, d in zip(ps, e, strict=True)]) - clean).item()
 
     spread = {}
     for kind in ("SAM", "SAGE"):

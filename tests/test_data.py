@@ -79,7 +79,7 @@ def test_split_matches_domainbed_recipe():
 def test_environment_splits_sizes_disjoint_and_seeded():
     ds = RotatedDigits()
     splits = split_environments(ds, holdout_fraction=0.2, trial_seed=0)
-    for i, (env, s) in enumerate(zip(ds, splits)):
+    for i, (env, s) in enumerate(zip(ds, splits, strict=True)):
         assert len(s.out_split) == int(len(env) * 0.2)
         assert len(s.in_split) == len(env) - len(s.out_split)
         assert not set(s.in_split.indices) & set(s.out_split.indices)
@@ -89,8 +89,8 @@ def test_environment_splits_sizes_disjoint_and_seeded():
         assert list(s.out_split.indices) == keys[: len(s.out_split)]
     again = split_environments(ds, 0.2, trial_seed=0)
     other = split_environments(ds, 0.2, trial_seed=1)
-    assert all(list(a.out_split.indices) == list(b.out_split.indices) for a, b in zip(splits, again))
-    assert any(list(a.out_split.indices) != list(b.out_split.indices) for a, b in zip(splits, other))
+    assert all(list(a.out_split.indices) == list(b.out_split.indices) for a, b in zip(splits, again, strict=True))
+    assert any(list(a.out_split.indices) != list(b.out_split.indices) for a, b in zip(splits, other, strict=True))
 
 
 def test_infinite_sampler_is_a_function_of_seed_and_step():

@@ -73,18 +73,18 @@ def test_domain_gradient_methods_agree(make_net, shape, classes):
     logits = net(x)
     for k, (_, y) in enumerate(batches):
         expected = _grads(F.cross_entropy(logits[4 * k : 4 * k + 4], y), params, retain_graph=True)
-        for a, b in zip(ref.grads[k], expected):
+        for a, b in zip(ref.grads[k], expected, strict=True):
             assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
     total = _grads(F.cross_entropy(net(x), torch.cat([b[1] for b in batches])), params)
-    for a, b in zip(ref.total, total):
+    for a, b in zip(ref.total, total, strict=True):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
     for method in ("chunks", "vmap"):
         got = domain_gradients(net, params, batches, method=method)
         assert torch.allclose(got.losses, ref.losses, rtol=1e-5)
-        for gk, rk in zip(got.grads, ref.grads):
-            for a, b in zip(gk, rk):
+        for gk, rk in zip(got.grads, ref.grads, strict=True):
+            for a, b in zip(gk, rk, strict=True):
                 assert (a - b).norm() <= 1e-5 * b.norm() + 1e-8
-        for a, b in zip(got.total, ref.total):
+        for a, b in zip(got.total, ref.total, strict=True):
             assert (a - b).norm() <= 1e-5 * b.norm() + 1e-8
 
 
@@ -98,7 +98,7 @@ def test_domain_gradients_weight_by_domain_size():
     y = torch.cat([b[1] for b in batches])
     loss = F.cross_entropy(net(x), y)
     assert torch.allclose(got.loss, loss)
-    for a, b in zip(got.total, _grads(loss, params)):
+    for a, b in zip(got.total, _grads(loss, params), strict=True):
         assert torch.allclose(a, b, atol=1e-7)
 
 
@@ -164,4 +164,4 @@ def test_perturbed_restores_weights_exactly():
     e = [torch.full_like(p, 0.1) / 3 for p in params]
     with perturbed(params, e):
         assert torch.allclose(params[0], before[0] + e[0])
-    assert all(torch.equal(p, q) for p, q in zip(params, before))
+    assert all(torch.equal(p, q) for p, q in zip(params, before, strict=True))

@@ -6,7 +6,14 @@ import json
 
 import pytest
 
-from sage_bench.records import append_record, is_done, iter_records, job_hash, mark_done, read_records
+from sage_bench.records import (
+    append_record,
+    is_done,
+    iter_records,
+    job_hash,
+    mark_done,
+    read_records,
+)
 
 
 def test_job_hash_is_md5_of_sorted_json():
