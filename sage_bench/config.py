@@ -465,8 +465,10 @@ def job_from_config(cfg: DictConfig) -> JobSpec:
     except InterpolationResolutionError as exc:
         message = f"cannot resolve the configuration: {str(exc).splitlines()[0]}"
         experiment = cfg.get("experiment")
-        if isinstance(experiment, DictConfig) and isinstance(experiment.get("steps"), DictConfig):
-            covered = ", ".join(experiment.steps.keys())
+        per_dataset = next((experiment.get(k) for k in ("steps", "batch_size") if isinstance(experiment, DictConfig)
+                            and isinstance(experiment.get(k), DictConfig)), None)  # fmt: skip
+        if per_dataset is not None:
+            covered = ", ".join(per_dataset.keys())
             message += f"; experiment={experiment.get('name')} is set for the data sets {covered}"
         raise ConfigError(message) from exc
     dataset = cfg.dataset.name
@@ -483,6 +485,11 @@ def job_from_config(cfg: DictConfig) -> JobSpec:
     if cfg.backbone is None:
         raise ConfigError("no backbone chosen")  # compose_job fills in the data set's default
     backbone = cfg.backbone.name
+    if backbone in MULTITASK_BACKBONES:
+        raise ConfigError(
+            f"backbone={backbone} is the network of the multi-task data sets; {dataset} takes one of "
+            f"{', '.join(sorted(BACKBONES))}"
+        )
     if backbone not in BACKBONES:
         raise ConfigError(f"unknown backbone {backbone!r}; valid choices: {', '.join(sorted(BACKBONES))}")
     backbone_options = _group_options(cfg, "backbone")

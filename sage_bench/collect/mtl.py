@@ -201,7 +201,7 @@ def run_means(records: list[dict], last: int = LAST_EPOCHS) -> list[RunMean]:
     return means
 
 
-def _algorithm_order(names: Iterable[str]) -> list[str]:
+def row_order(names: Iterable[str]) -> list[str]:
     """Table 2's row order (the paper's CSV), then other rows by name; a row's settings after it."""
     order = ["STL", *[m for m in _paper_csv()["method"] if m != "STL"]]
 
@@ -224,7 +224,7 @@ def table2_frame(records: list[dict], last: int = LAST_EPOCHS) -> pd.DataFrame:
         keys = metric_keys(dataset, records)
         part = [m for m in means if m.dataset == dataset]
         rows = {}
-        for row in _algorithm_order(m.row for m in part):
+        for row in row_order(m.row for m in part):
             runs = [m for m in part if m.row == row]
             values, counts = {}, []
             for key in keys:
@@ -443,6 +443,7 @@ __all__ = [
     "paper_table2",
     "record_problem",
     "render",
+    "row_order",
     "run_means",
     "table2_frame",
 ]
