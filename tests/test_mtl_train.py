@@ -268,3 +268,14 @@ def test_records_are_json_with_nan_where_the_lineage_gives_nan(tmp_path):
     assert math.isnan(record["test_seg_miou"]) and "NaN" in (tmp_path / "results.jsonl").read_text()
     with pytest.raises(ValueError, match="non-finite accuracy"):
         append_record(tmp_path, {"env0_in_acc": float("nan")})
+
+
+def test_the_keys_of_one_kind_of_job_default_to_what_the_other_kind_needs():
+    from omegaconf import OmegaConf
+
+    from sage_bench.config import DG_ONLY, MULTITASK_ONLY, compose_config
+
+    cfg = compose_config([])
+    for key, (default, _) in {**DG_ONLY, **MULTITASK_ONLY}.items():
+        value = cfg[key]
+        assert (OmegaConf.to_container(value) if OmegaConf.is_config(value) else value) == default, key

@@ -5,8 +5,8 @@ gradient aggregators, as the MTAN lineage (CAGrad, Nash-MTL, FAMO, FairGrad, SAM
     direction, weights = aggregate("mgda", grads, losses)   # grads: K x P
     delta_m({"seg_miou": 0.39, ...}, "NYUv2")
 
-The names are imported on first use: ``sage_bench.mtl.tasks`` and ``sage_bench.mtl.delta_m``
-need no torch, so the collector reads them without it.
+``sage_bench.mtl.tasks`` and ``sage_bench.mtl.delta_m`` need no torch (the collector reads
+them); the names that do are imported on first use.
 """
 
 from __future__ import annotations
@@ -14,18 +14,16 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-# name -> the module that defines it
+from sage_bench.mtl.delta_m import DELTA_M_BASES, delta_m, delta_m_from
+from sage_bench.mtl.tasks import Task, metric_names
+
+# name -> the module that defines it (torch)
 _MODULES = {
     "AGGREGATORS": "sage_bench.aggregators",
     "aggregate": "sage_bench.aggregators",
-    "DELTA_M_BASES": "sage_bench.mtl.delta_m",
-    "delta_m": "sage_bench.mtl.delta_m",
-    "delta_m_from": "sage_bench.mtl.delta_m",
     "MultiTaskLoss": "sage_bench.mtl.losses",
     "task_loss": "sage_bench.mtl.losses",
     "MetricAccumulator": "sage_bench.mtl.metrics",
-    "metric_names": "sage_bench.mtl.tasks",
-    "Task": "sage_bench.mtl.tasks",
 }
 
 
