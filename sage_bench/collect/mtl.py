@@ -374,11 +374,12 @@ def _table_text(table: pd.DataFrame, fmt: str, title: str) -> str:
 
 def _notes(frame: pd.DataFrame, dataset: str, paper: pd.DataFrame | None) -> list[str]:
     part = frame[frame["dataset"] == dataset]
-    epochs = part["epochs"].iloc[0]
+    first, _, last = part["epochs"].iloc[0].partition("-")
+    epochs = f"epoch {first}" if first == last else f"epochs {first}-{last}"
     runs = sorted(set(part["runs"]))
     notes = [
         f"mIoU, Pix Acc and <t in %, depth errors in the data's units, angles in degrees; each run's mean over "
-        f"epochs {epochs} (the last {LAST_EPOCHS} of the shortest run), then the mean over a row's runs "
+        f"{epochs} (the last {LAST_EPOCHS} of the shortest run), then the mean over a row's runs "
         f"({'/'.join(map(str, runs))} seed{'s' if runs != [1] else ''})."
     ]
     base = set(part["delta_m_base"]) - {""}
