@@ -168,14 +168,17 @@ def test_bad_multitask_records_are_skipped_with_a_reason(tmp_path):
     assert collection.skipped_records == 1 and len(collection.multitask_records) == 2
 
 
+def write_dg_run(folder: Path) -> None:
+    folder.mkdir(parents=True)
+    record = {"step": 0, "args": {"dataset": "PACS", "algorithm": "ERM", "test_envs": [0], "trial_seed": 0, "hparams_seed": 0}}
+    record.update({f"env{i}_{s}_acc": 0.5 for i in range(4) for s in ("in", "out")})
+    (folder / "results.jsonl").write_text(json.dumps(record) + "\n")
+
+
 def test_the_collect_command_prints_both_tables_without_torch(tmp_path):
     base = base_metrics("NYUv2")
     write_run(tmp_path / "mtl", "NYUv2", "LS", 0, 10, lambda k, e: base[k])
-    dg = tmp_path / "dg" / "job"
-    dg.mkdir(parents=True)
-    record = {"step": 0, "args": {"dataset": "PACS", "algorithm": "ERM", "test_envs": [0], "trial_seed": 0, "hparams_seed": 0}}
-    record.update({f"env{i}_{s}_acc": 0.5 for i in range(4) for s in ("in", "out")})
-    (dg / "results.jsonl").write_text(json.dumps(record) + "\n")
+    write_dg_run(tmp_path / "dg" / "job")
     code = (
         "from sage_bench.cli import main\n"
         f"assert main(['collect', {str(tmp_path)!r}, '--compare-paper', '--format', 'markdown']) == 0\n"
@@ -186,6 +189,13 @@ def test_the_collect_command_prints_both_tables_without_torch(tmp_path):
     assert "Table 2 layout, dataset: NYUv2" in proc.stdout and "| LS (paper)" in proc.stdout
     assert "Dataset: PACS" in proc.stdout
     assert proc.stdout.strip().endswith("TORCH False")
+
+
+def test_csv_of_both_kinds_at_once_is_refused(tmp_path, capsys):
+    write_run(tmp_path / "mtl", "NYUv2", "LS", 0, 2, lambda k, e: 0.5)
+    write_dg_run(tmp_path / "dg" / "job")
+    assert main(["collect", str(tmp_path), "--format", "csv"]) == 2
+    assert "collect each kind's folders separately" in capsys.readouterr().err
 
 
 def test_collect_csv_has_the_lineage_units(tmp_path, capsys):

@@ -105,3 +105,21 @@ def test_quick_mtl_end_to_end(tmp_path, capsys):
         tmp_path, algorithms=["LS", "STL"], workers=1, overrides=["dataset.train_scenes=16", "dataset.val_scenes=16"]
     )
     assert again == text and "4 jobs (4 already done)" in capsys.readouterr().out
+
+
+def test_a_multitask_job_list_for_slurm_arrays_names_the_same_jobs(tmp_path, capsys):
+    """``--write-jobs`` writes one line of overrides per job, which ``slurm/array.sbatch`` passes
+    to ``sage-bench train``: each line must configure the same job (same folder)."""
+    import shlex
+
+    from sage_bench.config import load_job
+
+    listing = tmp_path / "jobs.txt"
+    assert main(["sweep", "launch", "--output-dir", str(tmp_path / "sweep"), "--datasets", "Cityscapes",
+                 "--algorithms", "STL", "SAGE-SAMO-FairGrad", "--n-hparams", "1", "--n-trials", "2",
+                 "experiment=paper_mtl", "--write-jobs", str(listing)]) == 0  # fmt: skip
+    lines = listing.read_text().splitlines()
+    assert len(lines) == 2 * 2 + 2  # STL: seg and depth
+    planned = {job.job_dir for job in table2_sweep(tmp_path / "sweep", trials=2, datasets=["Cityscapes"],
+                                                   algorithms=["STL", "SAGE-SAMO-FairGrad"]).jobs()}  # fmt: skip
+    assert {load_job(shlex.split(line)).job_dir for line in lines} == planned

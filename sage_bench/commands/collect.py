@@ -74,6 +74,11 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"no finished run with records under {where}; drop --completed-only to include unfinished runs")
         raise UserError(f"no usable records under {where}: the results files are empty or unreadable (see the warnings)")
     dg_records, multitask_records = collection.dg_records, collection.multitask_records
+    if dg_records and multitask_records and args.format in ("csv", "json"):
+        raise UserError(
+            f"the folders hold domain-generalization and multi-task runs, whose {args.format} rows differ; "
+            "collect each kind's folders separately"
+        )
     for message in [*mixed_settings(dg_records), *bf16_perturbation_runs(dg_records)]:
         print(f"warning: {message}", file=sys.stderr)
     parts = []
