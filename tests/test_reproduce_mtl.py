@@ -98,7 +98,7 @@ def test_quick_mtl_end_to_end(tmp_path, capsys):
     assert [line.split()[0] for line in lines[3:5]] == ["STL", "LS"]
     assert "Delta_m %" in lines[1] and "+0.00" in lines[3]  # STL against itself
     assert "Note: one seed, 1 epoch (2 steps): a smoke test" in text
-    assert (tmp_path / "table.md").read_text().rstrip().endswith("(--trials 3 --epochs 6 for one).")
+    assert (tmp_path / "table.md").read_text().rstrip().endswith("(longer runs and more seeds for one, e.g. --trials 3 --epochs 6).")
     assert (tmp_path / "table.csv").read_text().startswith("dataset,algorithm,runs,epochs,seg_miou")
     assert len(list((tmp_path / "runs").glob("*/done"))) == 4  # STL x 3 tasks, LS
     again = reproduce_quick_mtl(
