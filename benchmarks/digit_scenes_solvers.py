@@ -16,7 +16,7 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
-from sage_bench.algorithms.mtl_rows import build_multitask_algorithm
+from sage_bench.algorithms import build_multitask_algorithm
 from sage_bench.data.digit_scenes import DigitScenes
 from sage_bench.models.mtan import mtan
 from sage_bench.mtl import MetricAccumulator, MultiTaskLoss, delta_m_from, metric_names

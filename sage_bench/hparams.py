@@ -125,6 +125,29 @@ def _common_space(family: str, dataset: str | None) -> dict[str, HParam]:
     return space
 
 
+def _multitask_space(dataset: str) -> dict[str, HParam]:
+    """The shared hyperparameters of a multi-task data set: its protocol's learning rate (Adam,
+    no weight decay) and batch size (training and evaluation, as the lineage), and its training
+    augmentation where it has one (NYU-v2, Cityscapes)."""
+    from sage_bench.data import get_dataset_class
+
+    cls = get_dataset_class(dataset)
+    exponent = math.log10(cls.LR)
+    space = {
+        "lr": HParam(cls.LR, log_uniform(exponent - 1, exponent + 0.5), "Adam learning rate", range=POSITIVE),
+        "weight_decay": HParam(0.0, const(0.0), "weight decay", range=NON_NEGATIVE),
+        "batch_size": HParam(
+            cls.BATCH_SIZE, const(cls.BATCH_SIZE), "images per training step and per evaluation batch",
+            range=AT_LEAST_ONE,
+        ),  # fmt: skip
+    }
+    if cls.AUGMENTATION:
+        space["data_augmentation"] = HParam(
+            True, const(True), "the lineage's random scale-crop and flip of the training split"
+        )
+    return space
+
+
 # --------------------------------------------------------------------------------------------
 # Per backbone.
 
@@ -176,9 +199,12 @@ def dataset_family(dataset: str) -> str:
 
 
 def hparam_space(algorithm: str, dataset: str, backbone: str | None = None) -> dict[str, HParam]:
-    """Every hyperparameter of a job: shared, per backbone, and per algorithm."""
+    """Every hyperparameter of a job: shared (per data set family, or a multi-task data set's
+    protocol), per backbone, and per algorithm."""
+    from sage_bench.data.catalog import MULTITASK_TASKS
+
     family = dataset_family(dataset)
-    space = _common_space(family, dataset)
+    space = _multitask_space(dataset) if dataset in MULTITASK_TASKS else _common_space(family, dataset)
     if backbone is not None and backbone in BACKBONE_SPACES:
         space.update(BACKBONE_SPACES[backbone]())
     for name, spec in algorithm_space(algorithm, family, dataset, backbone).items():

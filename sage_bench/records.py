@@ -15,6 +15,31 @@ A job writes, in its own folder (DomainBed's layout, so DomainBed's ``collect_re
   (``sage_bench.precision``);
 - ``done``: written last, when the job finished;
 - ``out.txt`` / ``err.txt``: the log and, for a failed job, the error.
+
+A multi-task job (``args.task == "multi_task"``, ``sage_bench.run.mtl``) writes one record per
+epoch instead, with
+
+- ``epoch`` (0-based), ``step`` (the epoch's last step, counted over the whole run) and ``lr``
+  (the learning rate the epoch trained with);
+- the epoch's mean of every float the algorithm's ``update`` returned: ``loss`` (the sum of the
+  task losses), ``loss_<task>``, and the row's own (``weight_<task>``, ``perturbed_loss``,
+  ``S``, ``beta``, ...), and ``step_time``;
+- ``test_<task>_<metric>`` for every metric of the val split in the lineage's units and order
+  (``test_seg_miou``, ``test_seg_pixacc``: fractions; ``test_depth_abs_err``,
+  ``test_depth_rel_err``; ``test_normal_angle_mean``, ``test_normal_angle_median`` in degrees,
+  ``test_normal_within_11.25``, ``_22.5``, ``_30``: fractions) and ``test_<task>_loss``;
+- ``delta_m`` (%, lower is better, ``sage_bench.mtl.delta_m``) on data sets with a published
+  single-task base (NYUv2, Cityscapes);
+- ``eval_time``, ``mem_gb``, ``hparams`` and ``args`` (``args.epochs``, ``lr_step_epochs``,
+  ``lr_gamma``; no ``test_envs``, ``steps`` or ``holdout_fraction``).
+
+Metrics are written as the lineage computes them, NaN included: the mIoU is the mean over all
+classes, so a class neither labelled nor predicted anywhere in the val split makes it NaN (a
+full NYU-v2 or Cityscapes val split has every class; a few DigitScenes scenes may not), and so
+is a depth or normal error of a batch without a valid pixel; ``delta_m`` is then NaN too.
+Python's ``json`` writes and reads them as ``NaN``. The collector prints such a cell as ``X``
+and warns; ``append_record`` refuses non-finite accuracies (``*_acc``) only, and the runner stops a
+job whose *training* loss is not finite (``TrainingDiverged``).
 """
 
 from __future__ import annotations
@@ -29,6 +54,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+DOMAIN_GENERALIZATION = "domain_generalization"
+MULTI_TASK = "multi_task"
+TASKS = (DOMAIN_GENERALIZATION, MULTI_TASK)
+"""The kinds of job, as ``args.task`` of a record names them (DomainBed's records have no
+``args.task``: they are domain generalization)."""
+
 RESULTS_FILE = "results.jsonl"
 MEASUREMENT_KEYS = ("step_time", "eval_time", "mem_gb")
 """Record keys that measure the machine (time, memory), not the run: a resumed run writes the
@@ -36,6 +67,13 @@ same records as an uninterrupted one except for these."""
 DONE_FILE = "done"
 LOG_FILE = "out.txt"
 ERROR_FILE = "err.txt"
+
+
+def record_task(record: Mapping[str, Any]) -> str:
+    """The kind of job a record comes from: ``args.task``, domain generalization if absent."""
+    args = record.get("args")
+    task = args.get("task") if isinstance(args, Mapping) else None
+    return task if task in TASKS else DOMAIN_GENERALIZATION
 
 
 def job_hash(job_args: Mapping[str, Any]) -> str:

@@ -282,6 +282,24 @@ def quick_caveat(steps: int, trials: int) -> str | None:
     )
 
 
+def run_here(jobs: Sequence[SweepJob], where: Path, workers: int | None = None) -> None:
+    """Run the jobs that are not done in ``workers`` processes on this machine (one per core by
+    default, ``sage_bench.sweep.pool``), with a progress bar; a failed job is a ``UserError``."""
+    from tqdm.auto import tqdm
+
+    from sage_bench.sweep.pool import available_cores, run_jobs_in_processes
+
+    states = sweep_states(jobs)
+    todo = [job.spec for job in jobs if states[job.job_dir] != DONE]
+    workers = min(workers or available_cores(), max(1, len(todo)))
+    print(f"{len(jobs)} jobs ({len(jobs) - len(todo)} already done) in {where}, {workers} at a time")
+    with tqdm(total=len(todo), desc="jobs", dynamic_ncols=True) as bar:
+        outcome = run_jobs_in_processes(todo, workers, on_done=lambda spec: bar.update())
+    if outcome.failed:
+        lines = [f"  {spec.job_dir}: {type(error).__name__}: {error}" for spec, error in outcome.failed]
+        raise UserError(f"{len(outcome.failed)} quick job(s) failed (err.txt in each folder):\n" + "\n".join(lines))
+
+
 def reproduce_quick(
     results_dir: Path = Path("results/quick"),
     dataset: str = "RotatedDigits",
@@ -293,22 +311,10 @@ def reproduce_quick(
     """Run the quick sweep (finished jobs are skipped) in ``workers`` processes, one per core by
     default (``sage_bench.sweep.pool``), then write ``table.md``, ``table.csv`` and figures into
     ``results_dir`` and return the text table, with its caveat under it."""
-    from tqdm.auto import tqdm
-
-    from sage_bench.sweep.pool import available_cores, run_jobs_in_processes
-
     start = time.time()
     sweep = quick_sweep(results_dir / "runs", dataset, overrides, algorithms, trials)
     jobs = sweep.jobs()
-    states = sweep_states(jobs)
-    todo = [job.spec for job in jobs if states[job.job_dir] != DONE]
-    workers = min(workers or available_cores(), max(1, len(todo)))
-    print(f"{len(jobs)} jobs ({len(jobs) - len(todo)} already done) in {results_dir / 'runs'}, {workers} at a time")
-    with tqdm(total=len(todo), desc="jobs", dynamic_ncols=True) as bar:
-        outcome = run_jobs_in_processes(todo, workers, on_done=lambda spec: bar.update())
-    if outcome.failed:
-        lines = [f"  {spec.job_dir}: {type(error).__name__}: {error}" for spec, error in outcome.failed]
-        raise UserError(f"{len(outcome.failed)} quick job(s) failed (err.txt in each folder):\n" + "\n".join(lines))
+    run_here(jobs, results_dir / "runs", workers)
     collection = find_runs(results_dir / "runs").completed()
     if not collection.records:
         raise UserError(f"no finished runs in {results_dir / 'runs'}")

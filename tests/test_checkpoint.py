@@ -246,7 +246,7 @@ def _stored_computation(path: Path, **changes) -> None:
         ({"hparams__lr": 0.0005}, "hparams.lr was 0.0005, now 0.001"),
         ({"sage_bench": "0.0.9"}, "sage-bench 0.0.9 wrote it, this is "),
         # written in another precision
-        ({"args__autocast": "none"}, "args.autocast was 'none', now 'bf16'"),
+        ({"args__tf32": False}, "args.tf32 was False, now 'auto'"),
         ({"version": 1}, "an older sage-bench wrote it without the hyperparameters"),
     ],
 )

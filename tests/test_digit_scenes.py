@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from sage_bench.algorithms.mtl_rows import build_multitask_algorithm
+from sage_bench.algorithms import build_multitask_algorithm
 from sage_bench.data import MULTITASK_DATASETS, UnknownDatasetError, get_multitask_dataset_class
 from sage_bench.data import digit_scenes as scenes
 from sage_bench.data.digit_scenes import (

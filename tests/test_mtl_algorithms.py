@@ -7,11 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from sage_bench.algorithms.mtl_rows import (
-    MULTITASK_ALGORITHMS,
-    build_multitask_algorithm,
-    multitask_space,
-)
+from sage_bench.algorithms import MULTI_TASK, algorithms, build_multitask_algorithm
+from sage_bench.hparams import algorithm_space
 from sage_bench.data.digit_scenes import DigitScenes
 from sage_bench.hparams import HParamError
 from sage_bench.models.mtan import MTAN
@@ -229,17 +226,25 @@ def test_state_dict_resumes_exactly(batches, name, tmp_path):
 
 def test_rows_spaces_and_errors(batches):
     _, tasks = batches
-    assert list(MULTITASK_ALGORITHMS) == [
+    rows = [
         "STL", "LS", "MGDA", "FairGrad", "SAMO-LS", "SAMO-MGDA", "SAMO-FairGrad", "SAGE-LS", "SAGE-MGDA",
         "SAGE-FairGrad", "SAGE-SAMO-LS", "SAGE-SAMO-MGDA", "SAGE-SAMO-FairGrad",
     ]  # fmt: skip
+    registered = list(algorithms(MULTI_TASK))
+    assert [name for name in registered if name in rows] == rows  # in registration order
+
+    def multitask_space(name):
+        return algorithm_space(name)
+
     sage = multitask_space("SAGE-FairGrad")
     assert sage["rho"].default == 1e-4 and sage["gamma"].default == 1e-5 and sage["alpha"].default == 2.0
     assert multitask_space("SAGE-SAMO-LS")["ascent"].default == "samo"
     assert multitask_space("SAMO-FairGrad")["rho"].default == 0.001 and multitask_space("SAMO-LS")["beta"].default == 0.5
     net = _twins(tasks)[0]
-    with pytest.raises(HParamError, match="valid choices: STL, LS"):
+    with pytest.raises(HParamError, match="unknown algorithm 'PCGrad-ish'; valid choices: .*STL"):
         multitask_space("PCGrad-ish")
+    with pytest.raises(HParamError, match="ERM is a domain-generalization algorithm.*multi-task algorithms are STL, LS"):
+        _build("ERM", net, tasks)
     with pytest.raises(HParamError, match="unknown hyperparameter 'alpah'"):
         _build("FairGrad", net, tasks, alpah=1.0)
     with pytest.raises(HParamError, match="valid choices: mean, samo, samo_mean"):

@@ -134,7 +134,7 @@ COLUMNS = {
 
 
 def _paper_rows():
-    with resources.files("sage_bench.mtl").joinpath("table2_paper.csv").open() as f:
+    with resources.files("sage_bench.collect").joinpath("table2_paper.csv").open() as f:
         return list(csv.DictReader(f))
 
 

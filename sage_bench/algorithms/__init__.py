@@ -1,12 +1,23 @@
-"""Algorithms by name. ``build_algorithm`` wraps any classifier and optimizer.
+"""Algorithms by name. ``build_algorithm`` wraps any classifier and optimizer (domain
+generalization); ``build_multitask_algorithm`` any multi-task network, optimizer and loss.
 
 Example::
 
-    from sage_bench.algorithms import build_algorithm
+    from sage_bench.algorithms import build_algorithm, build_multitask_algorithm
     algo = build_algorithm("ERM", my_model, torch.optim.Adam(my_model.parameters(), 1e-4))
     stats = algo.update([(x_domain1, y_domain1), (x_domain2, y_domain2)])
 
-Each algorithm is registered once, with its hyperparameter space, by
+    from sage_bench.data import DigitScenes
+    from sage_bench.models.mtan import mtan
+    from sage_bench.mtl import MultiTaskLoss
+    data = DigitScenes()
+    net = mtan(data.tasks, "narrow")
+    algo = build_multitask_algorithm("SAGE-FairGrad", net, torch.optim.Adam(net.parameters(), 1e-3),
+                                     MultiTaskLoss(data.tasks), {"rho": 1e-4})
+    stats = algo.update(images, {"seg": labels, "depth": depth, "normal": normals})
+
+Each algorithm is registered once, with its hyperparameter space and its kind of task
+(``DOMAIN_GENERALIZATION`` or ``MULTI_TASK``), by
 ``sage_bench.algorithms.registry.register_algorithm`` where its class is defined.
 """
 
@@ -26,20 +37,45 @@ from sage_bench.algorithms.erm import ERM
 from sage_bench.algorithms.gam import GAM
 from sage_bench.algorithms.gradient_agreement import GGA, GGA_L
 from sage_bench.algorithms.iib import IIB
+from sage_bench.algorithms.multitask import LS, MGDA, STL, FairGrad, LossFn, MultiTaskAlgorithm
 from sage_bench.algorithms.registry import (
     ALGORITHMS,
+    DOMAIN_GENERALIZATION,
+    MULTI_TASK,
     RegisteredAlgorithm,
     algorithms,
     get_algorithm,
     register_algorithm,
 )
 from sage_bench.algorithms.sage import SAGE
+from sage_bench.algorithms.sage_mtl import SAGEMultiTask
+from sage_bench.algorithms.samo import SAMO
 from sage_bench.algorithms.sharpness import DISAM, GSAM, SAGM, SAM
 
 
-def get_algorithm_class(name: str) -> type[Algorithm]:
+def get_algorithm_class(name: str) -> type[Algorithm] | type[MultiTaskAlgorithm]:
     """The class registered under ``name``, or an error listing the valid names."""
     return get_algorithm(name).cls
+
+
+def _registered(name: str, task: str) -> RegisteredAlgorithm:
+    """The algorithm ``name`` if it is registered for ``task``, or an error that says what fits."""
+    registered = get_algorithm(name)
+    if registered.task != task:
+        fits = ", ".join(algorithms(task))
+        builder = "build_multitask_algorithm" if registered.task == MULTI_TASK else "build_algorithm"
+        raise hp.HParamError(
+            f"{name} is a {registered.task.replace('_', '-')} algorithm: build it with {builder}; "
+            f"the {task.replace('_', '-')} algorithms are {fits}"
+        )
+    return registered
+
+
+def _resolved_hparams(registered: RegisteredAlgorithm, context: hp.SpaceContext, hparams) -> dict[str, Any]:
+    space = registered.space(context)
+    given = dict(hparams or {})
+    own = {k: v for k, v in given.items() if k not in hp.SHARED_HPARAM_NAMES}
+    return {**given, **hp.apply_overrides(space, hp.defaults(space), own)}
 
 
 def build_algorithm(
@@ -65,18 +101,47 @@ def build_algorithm(
     per update) and ``num_classes`` are needed by the algorithms that build modules of their own
     (DANN, CDANN, IIB); the others ignore them.
     """
-    registered = get_algorithm(name)
-    space = registered.space(hp.SpaceContext(family, dataset, backbone))
-    given = dict(hparams or {})
-    own = {k: v for k, v in given.items() if k not in hp.SHARED_HPARAM_NAMES}
-    resolved = hp.apply_overrides(space, hp.defaults(space), own)
-    return registered.cls(
-        network, optimizer, {**given, **resolved}, num_domains=num_domains, num_classes=num_classes
-    )
+    registered = _registered(name, DOMAIN_GENERALIZATION)
+    resolved = _resolved_hparams(registered, hp.SpaceContext(family, dataset, backbone), hparams)
+    return registered.cls(network, optimizer, resolved, num_domains=num_domains, num_classes=num_classes)
+
+
+def build_multitask_algorithm(
+    name: str,
+    network: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: LossFn,
+    hparams: Mapping[str, Any] | None = None,
+    family: str = "large",
+    *,
+    dataset: str | None = None,
+) -> MultiTaskAlgorithm:
+    """The multi-task row ``name`` (``algorithms(MULTI_TASK)``) around ``network`` (``forward(x)
+    -> {task: prediction}``, ``shared_parameters()``, ``task_parameters(task)``, ``task_names``;
+    e.g. ``sage_bench.models.mtan.MTAN``), ``optimizer`` and ``loss_fn`` (``(outputs, targets)
+    -> {task: loss}``, e.g. ``sage_bench.mtl.MultiTaskLoss``).
+
+    ``hparams`` may set any of the row's own hyperparameters (the rest keep their defaults) and
+    may carry the shared ones (``lr``, ``batch_size``), which the row ignores; ``family`` and
+    ``dataset`` pick defaults that depend on them. An unknown name, a domain-generalization
+    algorithm, or a value of the wrong type or out of range is an error that says what is valid.
+    """
+    registered = _registered(name, MULTI_TASK)
+    resolved = _resolved_hparams(registered, hp.SpaceContext(family, dataset, None), hparams)
+    return registered.cls(network, optimizer, resolved, loss_fn)
 
 
 __all__ = [
     "ALGORITHMS",
+    "DOMAIN_GENERALIZATION",
+    "LS",
+    "MGDA",
+    "MULTI_TASK",
+    "STL",
+    "FairGrad",
+    "MultiTaskAlgorithm",
+    "SAGEMultiTask",
+    "SAMO",
     "CDANN",
     "CORAL",
     "DANN",
@@ -104,6 +169,7 @@ __all__ = [
     "RegisteredAlgorithm",
     "algorithms",
     "build_algorithm",
+    "build_multitask_algorithm",
     "get_algorithm",
     "get_algorithm_class",
     "register_algorithm",

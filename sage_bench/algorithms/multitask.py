@@ -18,6 +18,11 @@ gradient to norm 1 after aggregation.
 
 A parameter no task's loss depends on keeps ``grad = None`` (Adam leaves it alone), as with the
 lineage's ``loss.backward()``: STL leaves the other tasks' attention modules and heads untouched.
+
+Each row is registered once, class and hyperparameter space together, with
+``register_algorithm(name, space=..., task=MULTI_TASK)`` (``sage_bench.algorithms.registry``);
+``sage_bench.algorithms.build_multitask_algorithm`` builds one by name, and ``sage-bench train``
+runs it on a multi-task data set (``sage_bench.run.mtl``).
 """
 
 from __future__ import annotations
@@ -26,14 +31,16 @@ import contextlib
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from sage_bench.aggregators import AGGREGATORS, aggregate
+from sage_bench.algorithms.registry import MULTI_TASK, register_algorithm
+from sage_bench.data.catalog import MULTITASK_TASKS
 from sage_bench.geometry import flatten, grads_of_losses, unflatten
-from sage_bench.hparams import HParam
+from sage_bench.hparams import HParam, SpaceContext
 
 LossFn = Callable[[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]], Mapping[str, torch.Tensor]]
 
@@ -79,12 +86,34 @@ class NoiseSource:
 class MultiTaskAlgorithm(nn.Module):
     """The interface of the multi-task rows; see the module docstring.
 
-    The algorithm's ``state_dict`` holds the network's weights and the algorithm's own state
-    (generators, solver state) as ``_extra_state``; the optimizer's state is saved separately.
-    Forward passes go through ``self.autocast()`` (``autocast_dtype``, as the DG ``Algorithm``).
+    What the runner (``sage_bench.run.mtl``) calls, and what a row may override:
+
+    - ``update(x, targets) -> {name: float}`` once per training step (a batch of images and
+      ``{task: target}``); everything a step does, extra forward passes included, happens here.
+      The floats are averaged over the epoch into its record (``loss`` and every key ending in
+      ``loss`` must stay finite, or the job stops as diverged).
+    - ``end_epoch(epoch)`` after the last step of each epoch (0-based), before the epoch's
+      evaluation: for rows whose state changes per epoch (e.g. a loss history kept per epoch).
+      The default does nothing.
+    - ``predict(x) -> {task: prediction}`` for evaluation (the network in eval mode).
+    - ``get_extra_state()`` / ``set_extra_state(state)``: the row's own state (generators, solver
+      warm starts, loss histories, learned weights and their optimizers), saved in the
+      checkpoint through ``state_dict()`` as ``_extra_state``, so a resumed job continues
+      exactly. Keep it to tensors and plain containers (checkpoints load with
+      ``weights_only=True``). The network's optimizer is saved separately.
+
+    Class attributes: ``perturbs_weights`` (gradients taken at perturbed weights: SAMO, SAGE);
+    ``per_task_hparam`` (a hyperparameter naming one task, e.g. STL's ``task``: a sweep plans one
+    job per task of the data set unless it is given); ``passes_per_step`` (forward-pass
+    equivalents of a step, for the GPU-hour estimate of ``sage-bench reproduce table2``).
+    Forward passes go through ``self.autocast()`` (``autocast_dtype``, as the DG ``Algorithm``;
+    the runner sets it and ``eval_autocast_dtype`` from ``precision.*``).
     """
 
     autocast_dtype: torch.dtype | None = None
+    eval_autocast_dtype: torch.dtype | None = None
+    perturbs_weights: ClassVar[bool] = False
+    per_task_hparam: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -168,10 +197,20 @@ class MultiTaskAlgorithm(nn.Module):
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
+    @classmethod
+    def passes_per_step(cls, num_tasks: int, hparams: Mapping[str, Any]) -> float:
+        """Forward-pass equivalents of one step (a backward pass counts as two), for planning:
+        here one forward and one backward pass per task."""
+        return 1 + 2 * num_tasks
+
     # ---------------------------------------------------------------------------- interface
     def update(self, x: torch.Tensor, targets: Mapping[str, torch.Tensor]) -> dict[str, float]:
         """One training step on a batch; returns floats to log."""
         raise NotImplementedError
+
+    def end_epoch(self, epoch: int) -> None:
+        """Called by the runner after the last step of epoch ``epoch`` (0-based), before the
+        epoch's evaluation; the default does nothing."""
 
     def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.network(x)
@@ -191,10 +230,24 @@ class MultiTaskAlgorithm(nn.Module):
         pass
 
 
+def stl_space(context: SpaceContext) -> dict[str, HParam]:
+    tasks = tuple(name for name, _ in MULTITASK_TASKS.get(context.dataset or "", ()))
+    help = "the one task STL trains (a task name of the data set)"
+    return {"task": HParam("seg", lambda r: "seg", help, choices=tasks or None)}
+
+
+@register_algorithm("STL", space=stl_space, task=MULTI_TASK)
 class STL(MultiTaskAlgorithm):
     """Single-task learning (nash-mtl ``STL``): the loss of task ``hparams["task"]`` alone, so the
     shared parameters it uses and its head get its gradient; nothing is clipped. One network per
-    task; the other heads and attention modules are never updated."""
+    task (a sweep plans one job per task); the other heads and attention modules are never
+    updated."""
+
+    per_task_hparam = "task"
+
+    @classmethod
+    def passes_per_step(cls, num_tasks, hparams):
+        return 3.0
 
     def __init__(self, network, optimizer, hparams, loss_fn):
         super().__init__(network, optimizer, hparams, loss_fn)
@@ -276,28 +329,8 @@ class GradientAggregation(MultiTaskAlgorithm):
             self.solver_noise.load_state_dict(state["solver_noise"])
 
 
-class LS(GradientAggregation):
-    """Linear scalarisation: the sum of the task gradients; heads weight 1; no clipping."""
-
-    solver = "ls"
-
-
-class MGDA(GradientAggregation):
-    """MGDA: ``K`` times Sener and Koltun's min-norm combination; head ``k`` weight ``K lambda_k``;
-    no clipping (nash-mtl / FAMO)."""
-
-    solver = "mgda"
-
-
-class FairGrad(GradientAggregation):
-    """FairGrad (``alpha``): ``K G^T w``; heads weight 1; shared gradient clipped to norm 1."""
-
-    solver = "fairgrad"
-    max_norm = 1.0
-
-
 # --------------------------------------------------------------------------------------------
-# Hyperparameter spaces (name -> HParam), to be registered with the classes.
+# Hyperparameter spaces (name -> HParam) of the solvers, registered with the rows.
 
 
 def _choice(values: list[Any]):
@@ -312,17 +345,29 @@ SOLVER_SPACES: dict[str, Callable[[], dict[str, HParam]]] = {
 }
 
 
-def stl_space(family: str) -> dict[str, HParam]:
-    return {"task": HParam("seg", lambda r: "seg", "the one task STL trains (a task name of the data set)")}
+def solver_space(solver: str) -> Callable[[SpaceContext], dict[str, HParam]]:
+    """The registered space of a plain solver row: the solver's own hyperparameters."""
+    return lambda context: SOLVER_SPACES[solver]()
 
 
-def ls_space(family: str) -> dict[str, HParam]:
-    return SOLVER_SPACES["ls"]()
+@register_algorithm("LS", space=solver_space("ls"), task=MULTI_TASK)
+class LS(GradientAggregation):
+    """Linear scalarisation: the sum of the task gradients; heads weight 1; no clipping."""
+
+    solver = "ls"
 
 
-def mgda_space(family: str) -> dict[str, HParam]:
-    return SOLVER_SPACES["mgda"]()
+@register_algorithm("MGDA", space=solver_space("mgda"), task=MULTI_TASK)
+class MGDA(GradientAggregation):
+    """MGDA: ``K`` times Sener and Koltun's min-norm combination; head ``k`` weight ``K lambda_k``;
+    no clipping (nash-mtl / FAMO)."""
+
+    solver = "mgda"
 
 
-def fairgrad_space(family: str) -> dict[str, HParam]:
-    return SOLVER_SPACES["fairgrad"]()
+@register_algorithm("FairGrad", space=solver_space("fairgrad"), task=MULTI_TASK)
+class FairGrad(GradientAggregation):
+    """FairGrad (``alpha``): ``K G^T w``; heads weight 1; shared gradient clipped to norm 1."""
+
+    solver = "fairgrad"
+    max_norm = 1.0

@@ -24,14 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 from sage_bench.errors import UserError
 from sage_bench.hparams import HParam, HParamError, SpaceContext
+from sage_bench.records import DOMAIN_GENERALIZATION, MULTI_TASK, TASKS
 
 if TYPE_CHECKING:
     from sage_bench.algorithms.base import Algorithm
+    from sage_bench.algorithms.multitask import MultiTaskAlgorithm
 
 ENTRY_POINT_GROUP = "sage_bench.algorithms"
-DOMAIN_GENERALIZATION = "domain_generalization"
-MULTI_TASK = "multi_task"
-TASKS = (DOMAIN_GENERALIZATION, MULTI_TASK)
 
 Space = Callable[[SpaceContext], dict[str, HParam]]
 
@@ -43,10 +42,11 @@ def no_hparams(context: SpaceContext) -> dict[str, HParam]:
 
 @dataclass(frozen=True)
 class RegisteredAlgorithm:
-    """One registered algorithm: its name, class, hyperparameter space and task kind."""
+    """One registered algorithm: its name, class, hyperparameter space and task kind
+    (``DOMAIN_GENERALIZATION``: an ``Algorithm``; ``MULTI_TASK``: a ``MultiTaskAlgorithm``)."""
 
     name: str
-    cls: type[Algorithm]
+    cls: type[Algorithm] | type[MultiTaskAlgorithm]
     space: Space
     task: str = DOMAIN_GENERALIZATION
 
@@ -118,17 +118,36 @@ def get_algorithm(name: str) -> RegisteredAlgorithm:
 
 
 class _Classes(Mapping[str, Any]):
-    """Read-only view ``name -> class`` of the registry."""
+    """Read-only view ``name -> class`` of the registry's algorithms for one task kind."""
+
+    def __init__(self, task: str):
+        self.task = task
 
     def __getitem__(self, name: str) -> type[Algorithm]:
-        return algorithms()[name].cls
+        return algorithms(self.task)[name].cls
 
     def __iter__(self) -> Iterator[str]:
-        return iter(algorithms())
+        return iter(algorithms(self.task))
 
     def __len__(self) -> int:
-        return len(algorithms())
+        return len(algorithms(self.task))
 
 
-ALGORITHMS: Mapping[str, type[Algorithm]] = _Classes()
-"""Every registered algorithm class by name (a live view of the registry)."""
+ALGORITHMS: Mapping[str, type[Algorithm]] = _Classes(DOMAIN_GENERALIZATION)
+"""Every registered domain-generalization algorithm class by name (a live view of the registry,
+as DomainBed's ``ALGORITHMS``); ``algorithms(MULTI_TASK)`` lists the multi-task rows."""
+
+__all__ = [
+    "ALGORITHMS",
+    "DOMAIN_GENERALIZATION",
+    "ENTRY_POINT_GROUP",
+    "MULTI_TASK",
+    "TASKS",
+    "PluginError",
+    "RegisteredAlgorithm",
+    "algorithms",
+    "get_algorithm",
+    "load_plugins",
+    "no_hparams",
+    "register_algorithm",
+]

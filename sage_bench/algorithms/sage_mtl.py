@@ -55,6 +55,7 @@ from typing import Any
 import torch
 
 from sage_bench.algorithms.multitask import SOLVER_SPACES, NoiseSource
+from sage_bench.algorithms.registry import MULTI_TASK, register_algorithm
 from sage_bench.algorithms.samo import SAMO, WITH_SAMO, _const, zeroth_order_space
 from sage_bench.algorithms.sharpness import frozen_batchnorm_statistics
 from sage_bench.geometry import (
@@ -65,7 +66,7 @@ from sage_bench.geometry import (
     spectral_perturbation,
     unflatten,
 )
-from sage_bench.hparams import HParam
+from sage_bench.hparams import HParam, SpaceContext
 
 ASCENTS = ("mean", "samo", "samo_mean")
 DESCENTS = ("samo", "base")
@@ -77,6 +78,15 @@ class SAGEMultiTask(SAMO):
     """SAGE around the solver ``solver``; the module docstring lists the steps and switches."""
 
     default_ascent = "mean"
+    polar_dtype: torch.dtype | None = None  # precision of the Newton-Schulz iteration (precision.polar)
+
+    @classmethod
+    def passes_per_step(cls, num_tasks, hparams):
+        """Clean and perturbed passes (one forward, a backward per task, each); with SAMO's
+        ascent, its two zeroth-order forwards per task and one perturbed pass per task."""
+        if hparams.get("ascent", cls.default_ascent) == "mean":
+            return 2 + 4 * num_tasks
+        return 1 + 7 * num_tasks
 
     def __init__(self, network, optimizer, hparams, loss_fn):
         super().__init__(network, optimizer, hparams, loss_fn)
@@ -89,7 +99,7 @@ class SAGEMultiTask(SAMO):
         h = self.hparams
         return spectral_perturbation(
             params, grads, h["rho"], orthogonalize=h["orthogonalize"], layer_scale=h["layer_scale"],
-            polar=h["polar"], ns_steps=h["ns_steps"],
+            polar=h["polar"], ns_steps=h["ns_steps"], polar_dtype=self.polar_dtype,
         )  # fmt: skip
 
     def ascent_directions(self, x, targets, mean_shared: list[torch.Tensor]) -> list[list[torch.Tensor]]:
@@ -183,7 +193,7 @@ class SAGEMultiTask(SAMO):
         self.noise.load_state_dict(state["noise"])
 
 
-def sage_space(solver: str, ascent: str = "mean", family: str = "large") -> dict[str, HParam]:
+def sage_space(solver: str, ascent: str = "mean", context: SpaceContext | None = None) -> dict[str, HParam]:
     """SAGE-X's (``ascent="mean"``) or SAGE-SAMO-X's (``ascent="samo"``) hyperparameters.
     rho 1e-4 and gamma 1e-5 are the paper's for both multi-task data sets."""
     return {
@@ -204,15 +214,19 @@ def sage_space(solver: str, ascent: str = "mean", family: str = "large") -> dict
     }
 
 
-def _row(name: str, solver: str, ascent: str) -> type[SAGEMultiTask]:
-    return type(name, (SAGEMultiTask,), {"solver": solver, "default_ascent": ascent, "__doc__": f"SAGE around {solver} (ascent {ascent!r} by default)."})
+def _row(name: str, row: str, solver: str, ascent: str) -> type[SAGEMultiTask]:
+    cls = type(name, (SAGEMultiTask,), {
+        "solver": solver, "default_ascent": ascent, "__doc__": f"SAGE around {solver} (ascent {ascent!r} by default).",
+        "__module__": __name__,
+    })  # fmt: skip
+    return register_algorithm(row, space=lambda context: sage_space(solver, ascent, context), task=MULTI_TASK)(cls)
 
 
-SAGELS = _row("SAGELS", "ls", "mean")
-SAGEMGDA = _row("SAGEMGDA", "mgda", "mean")
-SAGEFairGrad = _row("SAGEFairGrad", "fairgrad", "mean")
-SAGESAMOLS = _row("SAGESAMOLS", "ls", "samo")
-SAGESAMOMGDA = _row("SAGESAMOMGDA", "mgda", "samo")
-SAGESAMOFairGrad = _row("SAGESAMOFairGrad", "fairgrad", "samo")
+SAGELS = _row("SAGELS", "SAGE-LS", "ls", "mean")
+SAGEMGDA = _row("SAGEMGDA", "SAGE-MGDA", "mgda", "mean")
+SAGEFairGrad = _row("SAGEFairGrad", "SAGE-FairGrad", "fairgrad", "mean")
+SAGESAMOLS = _row("SAGESAMOLS", "SAGE-SAMO-LS", "ls", "samo")
+SAGESAMOMGDA = _row("SAGESAMOMGDA", "SAGE-SAMO-MGDA", "mgda", "samo")
+SAGESAMOFairGrad = _row("SAGESAMOFairGrad", "SAGE-SAMO-FairGrad", "fairgrad", "samo")
 
 assert set(BASE_MAX_NORM) == set(WITH_SAMO)

@@ -49,9 +49,10 @@ import numpy as np
 import torch
 
 from sage_bench.algorithms.multitask import SOLVER_SPACES, GradientAggregation
+from sage_bench.algorithms.registry import MULTI_TASK, register_algorithm
 from sage_bench.algorithms.sharpness import frozen_batchnorm_statistics
 from sage_bench.geometry import flatten, perturbed
-from sage_bench.hparams import HParam
+from sage_bench.hparams import HParam, SpaceContext
 
 SAM_EPS = 1e-12
 ZO_MIXES = ("raw", "layerwise")
@@ -83,6 +84,13 @@ class SAMO(GradientAggregation):
     """
 
     max_norm = 1.0
+    perturbs_weights = True
+
+    @classmethod
+    def passes_per_step(cls, num_tasks, hparams):
+        """The global forward and backward (3), two forwards per task for the zeroth-order
+        estimate, and a forward and backward per task at its perturbed weights."""
+        return 3 + 5 * num_tasks
 
     def __init__(self, network, optimizer, hparams, loss_fn):
         super().__init__(network, optimizer, hparams, loss_fn)
@@ -228,18 +236,6 @@ class SAMO(GradientAggregation):
         self.previous = state["previous"]
 
 
-class SAMOLS(SAMO):
-    solver = "ls"
-
-
-class SAMOMGDA(SAMO):
-    solver = "mgda"
-
-
-class SAMOFairGrad(SAMO):
-    solver = "fairgrad"
-
-
 def zeroth_order_space() -> dict[str, HParam]:
     """SAMO's zeroth-order mixture (shared with SAGE-SAMO-X)."""
     return {
@@ -252,10 +248,29 @@ def zeroth_order_space() -> dict[str, HParam]:
     }
 
 
-def samo_space(solver: str, family: str = "large") -> dict[str, HParam]:
+def samo_space(solver: str, context: SpaceContext | None = None) -> dict[str, HParam]:
     """SAMO-X's hyperparameters: SAMO's run scripts use rho 0.001, beta 0.5, zo_eps 0.01."""
     return {
         "rho": HParam(0.001, _choice([0.0005, 0.001, 0.003, 0.01]), "SAM radius of the joint perturbation"),
         **zeroth_order_space(),
         **SOLVER_SPACES[solver](),
     }
+
+
+def _space(solver: str):
+    return lambda context: samo_space(solver, context)
+
+
+@register_algorithm("SAMO-LS", space=_space("ls"), task=MULTI_TASK)
+class SAMOLS(SAMO):
+    solver = "ls"
+
+
+@register_algorithm("SAMO-MGDA", space=_space("mgda"), task=MULTI_TASK)
+class SAMOMGDA(SAMO):
+    solver = "mgda"
+
+
+@register_algorithm("SAMO-FairGrad", space=_space("fairgrad"), task=MULTI_TASK)
+class SAMOFairGrad(SAMO):
+    solver = "fairgrad"

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from numbers import Real
 from pathlib import Path
 
+from sage_bench.collect import mtl
 from sage_bench.collect.selection import varying_settings
 from sage_bench.records import DONE_FILE, RESULTS_FILE, BadLine, iter_numbered_records
 
@@ -54,6 +55,16 @@ class Collection:
     def n_incomplete(self) -> int:
         return sum(not run.done for run in self.runs)
 
+    @property
+    def dg_records(self) -> list[dict]:
+        """The records of domain-generalization runs (model selection's)."""
+        return [r for r in self.records if not mtl.is_multitask(r)]
+
+    @property
+    def multitask_records(self) -> list[dict]:
+        """The records of multi-task runs (``args.task == "multi_task"``: Table 2's)."""
+        return [r for r in self.records if mtl.is_multitask(r)]
+
     def completed(self) -> Collection:
         """Only the runs that finished."""
         return Collection([run for run in self.runs if run.done], self.bad_lines, self.skipped_records, self.duplicates)
@@ -80,8 +91,11 @@ def record_problem(record: dict) -> str | None:
     ``env{i}_out_acc`` for environments ``0 .. n-1`` (``n`` counted as DomainBed counts it: up to
     the first missing ``env{i}_out_acc``), every test environment among them. Records of
     ``eval_splits=selection`` runs have no in-split accuracy of their training environments,
-    which no selection method reads.
+    which no selection method reads. A multi-task record is checked by
+    ``sage_bench.collect.mtl.record_problem`` instead.
     """
+    if mtl.is_multitask(record):
+        return mtl.record_problem(record)
     args = record.get("args")
     if not isinstance(args, dict):
         return "no args"

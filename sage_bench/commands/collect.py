@@ -14,6 +14,8 @@ def add_parser(subparsers) -> None:
         description=(
             "Read every results.jsonl under the folders (recursively), select models as DomainBed does "
             "and print its tables: one per data set and the averages across data sets (Table 1's layout). "
+            "Multi-task runs (NYUv2, Cityscapes, DigitScenes) get Table 2's layout instead: every metric and "
+            "Delta_m, each run averaged over its last 10 epochs, then over seeds. "
             "Warnings and the count of finished and unfinished runs go to standard error."
         ),
     )
@@ -22,7 +24,7 @@ def add_parser(subparsers) -> None:
         "--selection",
         default="training-domain",
         choices=["training-domain", "leave-one-out", "oracle", "all"],
-        help="model selection method (default: training-domain validation)",
+        help="model selection method (default: training-domain validation); multi-task runs select none",
     )
     parser.add_argument(
         "--format",
@@ -31,7 +33,11 @@ def add_parser(subparsers) -> None:
         help="text/markdown/latex tables, or tidy rows selection,dataset,algorithm,env,mean,sem,trials (csv, json)",
     )
     parser.add_argument("--completed-only", action="store_true", help="leave out runs without a done marker")
-    parser.add_argument("--compare-paper", action="store_true", help="add the SAGE paper's Table 1 and the differences")
+    parser.add_argument(
+        "--compare-paper",
+        action="store_true",
+        help="add the SAGE paper's Table 1 (Table 2 for multi-task runs) and the differences",
+    )
     parser.add_argument(
         "--plots",
         metavar="DIR",
@@ -67,9 +73,26 @@ def run(args: argparse.Namespace) -> int:
         if args.completed_only:
             raise UserError(f"no finished run with records under {where}; drop --completed-only to include unfinished runs")
         raise UserError(f"no usable records under {where}: the results files are empty or unreadable (see the warnings)")
-    for message in [*mixed_settings(records), *bf16_perturbation_runs(records)]:
+    dg_records, multitask_records = collection.dg_records, collection.multitask_records
+    if dg_records and multitask_records and args.format in ("csv", "json"):
+        raise UserError(
+            f"the folders hold domain-generalization and multi-task runs, whose {args.format} rows differ; "
+            "collect each kind's folders separately"
+        )
+    for message in [*mixed_settings(dg_records), *bf16_perturbation_runs(dg_records)]:
         print(f"warning: {message}", file=sys.stderr)
-    text = render(records, args.selection, args.format, args.compare_paper)
+    parts = []
+    if dg_records:
+        parts.append(render(dg_records, args.selection, args.format, args.compare_paper))
+    if multitask_records:
+        from sage_bench.collect import mtl
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            parts.append(mtl.render(multitask_records, args.format, args.compare_paper))
+        for w in caught:
+            print(f"warning: {w.message}", file=sys.stderr)
+    text = "\n".join(parts)
     if args.output:
         try:
             with open(args.output, "w", encoding="utf-8") as f:
@@ -78,9 +101,11 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"cannot write --output {args.output}: {exc.strerror}") from exc
     else:
         sys.stdout.write(text)
-    if args.plots:
+    if args.plots and dg_records:
         from sage_bench.collect.plots import write_figures
 
-        for path in write_figures(records, args.plots, args.selection if args.selection != "all" else "training-domain"):
+        for path in write_figures(dg_records, args.plots, args.selection if args.selection != "all" else "training-domain"):
             print(f"wrote {path}", file=sys.stderr)
+    if args.plots and multitask_records:
+        print("--plots: no figures for multi-task runs (their tables only)", file=sys.stderr)
     return 0

@@ -1,5 +1,5 @@
-"""``sage-bench reproduce table1|quick``: the paper's Table 1, or the whole pipeline on the
-embedded digits in a few CPU minutes."""
+"""``sage-bench reproduce table1|table2|quick|quick-mtl``: the paper's Table 1 or Table 2, or the
+whole pipeline on the embedded digits (quick) or digit scenes (quick-mtl) in CPU minutes."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ examples:
   sage-bench reproduce table1 --dry-run            # jobs and estimated GPU-hours per data set
   sage-bench reproduce table1 --data-dir /data --output-dir /shared/sweeps/table1 \\
       --launcher slurm launcher.partition=gpu launcher.gres=gpu:3g.40gb:1 launcher.timeout_min=240
+  sage-bench reproduce quick-mtl                   # every multi-task row on DigitScenes -> results/quick_mtl/
+  sage-bench reproduce table2 --dry-run            # NYU-v2 and Cityscapes jobs and estimated GPU-hours
+  sage-bench reproduce table2 --algorithms LS,SAGE-LS --data-dir /data --launcher slurm launcher.partition=gpu
 """
 
 
@@ -31,10 +34,15 @@ def algorithm_names(values: list[str] | None) -> list[str] | None:
     return [name for value in values for name in value.split(",") if name]
 
 
+MTL_ALGORITHMS_HELP = (
+    "multi-task rows to run, by name (space- or comma-separated); default: every registered one, in Table 2's order"
+)
+
+
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "reproduce",
-        help="reproduce the paper's Table 1, or run everything on the embedded digits (quick)",
+        help="reproduce the paper's Table 1 or Table 2, or run everything on embedded data (quick, quick-mtl)",
         description=__doc__,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -57,6 +65,40 @@ def add_parser(subparsers) -> None:
     table1.add_argument("launcher_overrides", nargs="*", help="launcher.<key>=<value> (see configs/launcher/)")
     table1.set_defaults(func=run_table1)
 
+    table2 = targets.add_parser(
+        "table2",
+        help="plan, launch and collect Table 2 (every multi-task row x NYU-v2, Cityscapes x 3 seeds)",
+        description="Every registered multi-task row (or --algorithms) on NYU-v2 and Cityscapes with 3 seeds in "
+        "the paper's protocol (experiment=paper_mtl), STL once per task; launched through the sweep machinery, "
+        "then Table 2 beside the paper's.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    table2.add_argument("--launcher", default="local", choices=["local", "multi_gpu", "slurm"])
+    table2.add_argument("--data-dir", type=Path, help="where nyuv2/ and cityscapes/ are (default: data_dir of the config)")
+    table2.add_argument("--output-dir", type=Path, default=Path("sweeps/table2"), help="the sweep's folder")
+    table2.add_argument("--results-dir", type=Path, default=Path("results/table2"), help="where the table goes")
+    table2.add_argument("--trials", type=int, default=3, help="seeds per row (trial_seed 0..N-1; default 3)")
+    table2.add_argument("--dry-run", action="store_true", help="print the estimate and list the jobs, launch nothing")
+    table2.add_argument("--algorithms", nargs="+", metavar="NAME", help=MTL_ALGORITHMS_HELP)
+    table2.add_argument("launcher_overrides", nargs="*", help="launcher.<key>=<value> (see configs/launcher/)")
+    table2.set_defaults(func=run_table2)
+
+    quick_mtl = targets.add_parser(
+        "quick-mtl",
+        help="every multi-task row on DigitScenes on the CPU, in Table 2's layout",
+        description="Every registered multi-task row (or --algorithms) on the embedded DigitScenes (STL once per "
+        "task), one job per core at a time, then Table 2's layout with Delta_m against the STL row. The default "
+        "(1 seed, 1 epoch of 512 scenes) is a smoke test of the pipeline.",
+    )
+    quick_mtl.add_argument("--algorithms", nargs="+", metavar="NAME", help=MTL_ALGORITHMS_HELP)
+    quick_mtl.add_argument("--results-dir", type=Path, default=Path("results/quick_mtl"))
+    quick_mtl.add_argument("--dataset", default="DigitScenes", choices=["DigitScenes", "DigitScenes2"])
+    quick_mtl.add_argument("--epochs", type=int, default=1, help="epochs of 512 scenes per job (default 1)")
+    quick_mtl.add_argument("--trials", type=int, default=1, help="seeds per row (trial_seed 0..N-1; default 1)")
+    quick_mtl.add_argument("--workers", type=int, help="jobs at a time (default: one per available core)")
+    quick_mtl.set_defaults(func=run_quick_mtl)
+
     quick = targets.add_parser(
         "quick",
         help="the paper's six algorithms (or --algorithms) on RotatedDigits, leave-one-domain-out, on the CPU",
@@ -73,16 +115,23 @@ def add_parser(subparsers) -> None:
     quick.set_defaults(func=run_quick)
 
 
-def run_table1(args: argparse.Namespace) -> int:
+def _names_and_launcher_overrides(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """``--algorithms`` names and the launcher overrides (words after ``--algorithms`` that are
+    key=value are the launcher overrides that followed it)."""
     from sage_bench.errors import UserError
-    from sage_bench.reproduce import reproduce_table1, resolve_algorithms
 
-    # words after --algorithms that are key=value are the launcher overrides that followed it
     names = [n for n in args.algorithms or [] if "=" not in n]
     overrides = [*args.launcher_overrides, *(n for n in args.algorithms or [] if "=" in n)]
     bad = [o for o in overrides if not o.startswith("launcher.")]
     if bad:
         raise UserError(f"only launcher.<key>=<value> overrides are taken here, got {' '.join(bad)}")
+    return names, overrides
+
+
+def run_table1(args: argparse.Namespace) -> int:
+    from sage_bench.reproduce import reproduce_table1, resolve_algorithms
+
+    names, overrides = _names_and_launcher_overrides(args)
     return reproduce_table1(
         args.output_dir,
         args.data_dir,
@@ -105,4 +154,36 @@ def run_quick(args: argparse.Namespace) -> int:
     overrides = [o for o in QUICK_OVERRIDES if not o.startswith("steps=")] + [f"steps={args.steps}"]
     algorithms = resolve_algorithms(algorithm_names(args.algorithms))
     reproduce_quick(args.results_dir, args.dataset, overrides, algorithms, trials=args.trials, workers=args.workers)
+    return 0
+
+
+def run_table2(args: argparse.Namespace) -> int:
+    from sage_bench.errors import UserError
+    from sage_bench.reproduce_mtl import reproduce_table2
+
+    if args.trials < 1:
+        raise UserError(f"--trials must be at least 1, got {args.trials}")
+    names, overrides = _names_and_launcher_overrides(args)
+    return reproduce_table2(
+        args.output_dir,
+        args.data_dir,
+        [f"launcher={args.launcher}", *overrides],
+        dry_run=args.dry_run,
+        trials=args.trials,
+        results_dir=args.results_dir,
+        algorithms=algorithm_names(names),
+    )
+
+
+def run_quick_mtl(args: argparse.Namespace) -> int:
+    from sage_bench.errors import UserError
+    from sage_bench.reproduce_mtl import reproduce_quick_mtl
+
+    for name in ("epochs", "trials", "workers"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UserError(f"--{name} must be at least 1, got {value}")
+    reproduce_quick_mtl(
+        args.results_dir, args.dataset, args.epochs, algorithm_names(args.algorithms), args.trials, args.workers
+    )
     return 0

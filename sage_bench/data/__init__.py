@@ -10,7 +10,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from sage_bench.data.catalog import DATASET_NAMES, ENVIRONMENTS
+from sage_bench.data.catalog import (
+    ALL_DATASET_NAMES,
+    DATASET_NAMES,
+    ENVIRONMENTS,
+    MULTITASK_DATASET_NAMES,
+    dataset_task,
+)
 from sage_bench.errors import UserError
 
 if TYPE_CHECKING:
@@ -33,7 +39,6 @@ _MODULES = {
     "NYUv2": "sage_bench.data.nyuv2",
     "Cityscapes": "sage_bench.data.nyuv2",
 }
-MULTITASK_DATASET_NAMES = ["DigitScenes", "DigitScenes2", "NYUv2", "Cityscapes"]
 
 
 def __getattr__(name: str) -> Any:
@@ -52,14 +57,15 @@ class UnknownDatasetError(UserError, KeyError):
 
 
 def _check_name(name: str) -> None:
-    if name not in ENVIRONMENTS:
+    if dataset_task(name) is None:
         raise UnknownDatasetError(
-            f"unknown dataset {name!r}; valid choices: {', '.join(sorted(DATASET_NAMES))}"
+            f"unknown dataset {name!r}; valid choices: {', '.join(sorted(ALL_DATASET_NAMES))}"
         )
 
 
-def get_dataset_class(name: str) -> type[MultiDomainDataset]:
-    """The class registered under ``name``, or an error listing the valid names."""
+def get_dataset_class(name: str) -> type[MultiDomainDataset] | type[MultiTaskDataset]:
+    """The class registered under ``name`` (a domain-generalization or a multi-task data set,
+    ``sage_bench.data.catalog.dataset_task`` says which), or an error listing the valid names."""
     _check_name(name)
     return getattr(importlib.import_module(_MODULES[name]), name)
 
@@ -74,14 +80,20 @@ def get_multitask_dataset_class(name: str) -> type[MultiTaskDataset]:
 
 
 def num_environments(name: str) -> int:
-    """How many environments the data set ``name`` has (without importing torch)."""
-    _check_name(name)
+    """How many environments the domain-generalization data set ``name`` has (without
+    importing torch)."""
+    if name not in ENVIRONMENTS:
+        raise UnknownDatasetError(
+            f"unknown domain-generalization dataset {name!r}; valid choices: {', '.join(sorted(DATASET_NAMES))}"
+        )
     return len(ENVIRONMENTS[name])
 
 
 __all__ = [
+    "ALL_DATASET_NAMES",
     "DATASETS",
     "DATASET_NAMES",
+    "MULTITASK_DATASET_NAMES",
     "ENVIRONMENTS",
     "MULTITASK_DATASETS",
     "Cityscapes",
@@ -98,6 +110,7 @@ __all__ = [
     "OfficeHome",
     "RotatedDigits",
     "TerraIncognita",
+    "dataset_task",
     "get_dataset_class",
     "num_environments",
 ]

@@ -1,8 +1,9 @@
-"""The registered data sets' names and environment labels, without torch.
+"""The registered data sets' names, environment labels and tasks, without torch.
 
-Everything that only needs to know which data sets exist and what their environments are
-called (the collector, the planner of a sweep) reads it here, so it starts without importing
-torch; the data set classes take their ``ENVIRONMENTS`` from this table.
+Everything that only needs to know which data sets exist, what their environments or tasks are
+called and which kind of job they make (the collector, the planner of a sweep, the
+configuration) reads it here, so it starts without importing torch; the domain-generalization
+classes take their ``ENVIRONMENTS`` from this table.
 """
 
 from __future__ import annotations
@@ -19,3 +20,27 @@ ENVIRONMENTS: dict[str, list[str]] = {
 }
 
 DATASET_NAMES: list[str] = list(ENVIRONMENTS)  # registry order
+
+# Multi-task data sets: name -> their tasks as (name, kind), in the lineage's order (the data set
+# classes' ``TASKS`` agree; ``tests/test_collect_without_torch.py`` checks)
+MULTITASK_TASKS: dict[str, tuple[tuple[str, str], ...]] = {
+    "DigitScenes": (("seg", "segmentation"), ("depth", "depth"), ("normal", "normal")),
+    "DigitScenes2": (("seg", "segmentation"), ("depth", "depth")),
+    "NYUv2": (("seg", "segmentation"), ("depth", "depth"), ("normal", "normal")),
+    "Cityscapes": (("seg", "segmentation"), ("depth", "depth")),
+}
+
+MULTITASK_DATASET_NAMES: list[str] = list(MULTITASK_TASKS)
+ALL_DATASET_NAMES: list[str] = DATASET_NAMES + MULTITASK_DATASET_NAMES
+
+
+def dataset_task(name: str) -> str | None:
+    """The kind of job a data set makes (``records.DOMAIN_GENERALIZATION`` or
+    ``records.MULTI_TASK``); ``None`` for an unknown name."""
+    from sage_bench.records import DOMAIN_GENERALIZATION, MULTI_TASK
+
+    if name in ENVIRONMENTS:
+        return DOMAIN_GENERALIZATION
+    if name in MULTITASK_TASKS:
+        return MULTI_TASK
+    return None

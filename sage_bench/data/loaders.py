@@ -1,5 +1,5 @@
-"""Loaders: one infinite, resumable stream of batches per training environment, and
-finite loaders for evaluation.
+"""Loaders: one infinite, resumable stream of batches per training environment, the shuffled
+epochs of a multi-task job, and finite loaders for evaluation.
 
 Their worker processes (``num_workers > 0``) ignore the signals that stop a job (SIGTERM,
 SIGINT, SIGUSR2). A scheduler signals the whole process group (SLURM on preemption and
@@ -114,13 +114,18 @@ def infinite_loader(
 
 
 def eval_loader(
-    dataset: Dataset, batch_size: int, num_workers: int = 0, pin_memory: bool = False
+    dataset: Dataset,
+    batch_size: int,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    generator: torch.Generator | None = None,
 ) -> DataLoader:
     """A loader over every example of ``dataset`` once, in order.
 
     Its workers start at each evaluation and stop after it: a job evaluates two splits per
     environment, and persistent workers for all of them (12 loaders on DomainNet) would sit
-    idle between checkpoints holding memory.
+    idle between checkpoints holding memory. ``generator`` seeds the workers (without one,
+    each pass draws their base seed from torch's global generator, as PyTorch does).
     """
     return _Loader(
         dataset,
@@ -130,4 +135,52 @@ def eval_loader(
         pin_memory=pin_memory,
         persistent_workers=False,
         worker_init_fn=ignore_stop_signals if num_workers > 0 else None,
+        generator=generator,
+    )
+
+
+class EpochBatchSampler(Sampler[list[int]]):
+    """The batches of one epoch, as the lineage's shuffled training loader (no ``drop_last``:
+    the last batch may be smaller): a permutation of the examples drawn from ``seed``, from
+    batch ``start`` on (a job resumed mid-epoch continues the same permutation)."""
+
+    def __init__(self, num_examples: int, batch_size: int, seed: int, start: int = 0):
+        if num_examples <= 0:
+            raise ValueError("cannot draw batches from an empty split")
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.num_examples = num_examples
+        self.batch_size = batch_size
+        self.seed = seed
+        self.start = start
+
+    def __len__(self) -> int:
+        return max(0, -(-self.num_examples // self.batch_size) - self.start)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = torch.randperm(self.num_examples, generator=torch.Generator().manual_seed(self.seed)).tolist()
+        for first in range(self.start * self.batch_size, self.num_examples, self.batch_size):
+            yield order[first : first + self.batch_size]
+
+
+def epoch_loader(
+    dataset: Dataset,
+    batch_size: int,
+    seed: int,
+    start_batch: int = 0,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """The batches of one training epoch from batch ``start_batch`` on (see
+    ``EpochBatchSampler``); nothing is drawn from torch's global generator (the workers' seeds
+    come from ``seed`` too), so a job resumed mid-epoch sees exactly the batches and random
+    state of an uninterrupted one."""
+    return _Loader(
+        dataset,
+        batch_sampler=EpochBatchSampler(len(dataset), batch_size, seed, start_batch),
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        worker_init_fn=ignore_stop_signals if num_workers > 0 else None,
+        generator=torch.Generator().manual_seed(seed),
     )

@@ -128,9 +128,14 @@ class MultiTaskDataset:
 
     Class attributes give its tasks and the lineage's protocol for it: ``N_EPOCHS``,
     ``BATCH_SIZE`` (train and test), ``LR`` and ``LR_STEP_EPOCHS`` (Adam, halved every so many
-    epochs), ``MODEL_WIDTH`` (``"paper"`` or ``"narrow"`` MTAN) and
-    ``DELTA_M`` (the name of its ``Delta_m`` base in ``sage_bench.mtl.DELTA_M_BASES``, or
-    ``None`` when there is no published single-task base).
+    epochs), ``MODEL_WIDTH`` (``"paper"`` or ``"narrow"`` MTAN), ``AUGMENTATION`` (whether the
+    training split has the lineage's augmentation), ``DEFAULT_BACKBONE`` (the network a job
+    builds) and ``DELTA_M`` (the name of its ``Delta_m`` base in ``sage_bench.mtl.DELTA_M_BASES``,
+    or ``None`` when there is no published single-task base).
+
+    The constructor takes ``(root, augment, seed)``: the data folder, whether the training split
+    is augmented and the seed of the augmentation's draws (the job's), then the data set's own
+    options (``dataset.*`` keys of a job).
     """
 
     TASKS: ClassVar[tuple[Task, ...]] = ()
@@ -141,6 +146,8 @@ class MultiTaskDataset:
     N_WORKERS: ClassVar[int] = 4
     HPARAM_FAMILY: ClassVar[str] = "large"
     MODEL_WIDTH: ClassVar[str] = "paper"
+    AUGMENTATION: ClassVar[bool] = False
+    DEFAULT_BACKBONE: ClassVar[str] = "mtan"
     DELTA_M: ClassVar[str | None] = None
 
     train: Dataset
@@ -150,6 +157,11 @@ class MultiTaskDataset:
     @property
     def tasks(self) -> list[Task]:
         return list(self.TASKS)
+
+    @classmethod
+    def check_options(cls, **options) -> None:
+        """Raise ``ValueError`` for an option value the constructor would refuse (checked when
+        a job is configured, before it runs); none by default."""
 
     @classmethod
     def name(cls) -> str:

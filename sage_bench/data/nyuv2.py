@@ -67,6 +67,7 @@ class NpyMultiTaskDataset(MultiTaskDataset):
     FOLDERS: ClassVar[dict[str, str]] = {}  # task name (and "image") -> modality folder
     RESOLUTION: ClassVar[tuple[int, int]] = (0, 0)
     EXPECTED_IMAGES: ClassVar[dict[str, int]] = {}  # samples per split
+    AUGMENTATION = True
     ALTERNATIVE_IMAGES: ClassVar[dict[str, dict[str, int]]] = {}
 
     def __init__(self, root: str | os.PathLike, augment: bool = True, seed: int = 0):

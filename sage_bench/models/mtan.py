@@ -38,6 +38,7 @@ from sage_bench.mtl.tasks import Task
 
 PAPER_FILTERS = (64, 128, 256, 512, 512)
 NARROW_FILTERS = (8, 16, 32, 32, 32)
+WIDTHS = {"paper": PAPER_FILTERS, "narrow": NARROW_FILTERS}
 
 
 def conv_layer(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -198,7 +199,6 @@ class MTAN(nn.Module):
 def mtan(tasks: Sequence[Task], width: str = "paper", in_channels: int = 3) -> MTAN:
     """MTAN with the paper's filters (``width="paper"``) or narrow ones (``"narrow"``:
     ``(8, 16, 32, 32, 32)``, 0.6% of the parameters, for the embedded DigitScenes on a CPU)."""
-    widths = {"paper": PAPER_FILTERS, "narrow": NARROW_FILTERS}
-    if width not in widths:
-        raise ValueError(f"unknown MTAN width {width!r}; valid choices: {', '.join(widths)}")
-    return MTAN(tasks, in_channels=in_channels, filters=widths[width])
+    if width not in WIDTHS:
+        raise ValueError(f"unknown MTAN width {width!r}; valid choices: {', '.join(WIDTHS)}")
+    return MTAN(tasks, in_channels=in_channels, filters=WIDTHS[width])

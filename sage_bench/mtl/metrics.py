@@ -24,20 +24,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from sage_bench.mtl.tasks import Task
+from sage_bench.mtl.tasks import ANGLE_THRESHOLDS, Task, metric_names
 
-ANGLE_THRESHOLDS = (11.25, 22.5, 30.0)
-
-
-def metric_names(task: Task) -> list[str]:
-    """The metric keys of ``task`` in the lineage's order (without its loss)."""
-    if task.kind == "segmentation":
-        suffixes = ["miou", "pixacc"]
-    elif task.kind == "depth":
-        suffixes = ["abs_err", "rel_err"]
-    else:
-        suffixes = ["angle_mean", "angle_median", *(f"within_{t:g}" for t in ANGLE_THRESHOLDS)]
-    return [f"{task.name}_{s}" for s in suffixes]
+__all__ = ["ANGLE_THRESHOLDS", "ConfusionMatrix", "MetricAccumulator", "depth_errors", "metric_names", "normal_errors"]
 
 
 class ConfusionMatrix:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 KINDS = ("segmentation", "depth", "normal")
+ANGLE_THRESHOLDS = (11.25, 22.5, 30.0)
 
 
 @dataclass(frozen=True)
@@ -40,3 +41,19 @@ def depth(name: str = "depth") -> Task:
 
 def normal(name: str = "normal") -> Task:
     return Task(name, "normal", 3)
+
+
+def metric_suffixes(kind: str) -> list[str]:
+    """The metrics of a task of ``kind``, in the lineage's order (Table 2's columns)."""
+    if kind == "segmentation":
+        return ["miou", "pixacc"]
+    if kind == "depth":
+        return ["abs_err", "rel_err"]
+    if kind == "normal":
+        return ["angle_mean", "angle_median", *(f"within_{t:g}" for t in ANGLE_THRESHOLDS)]
+    raise ValueError(f"unknown task kind {kind!r}; valid choices: {', '.join(KINDS)}")
+
+
+def metric_names(task: Task) -> list[str]:
+    """The metric keys of ``task`` in the lineage's order (without its loss)."""
+    return [f"{task.name}_{s}" for s in metric_suffixes(task.kind)]

@@ -4,8 +4,9 @@ A checkpoint holds everything an uninterrupted run would still have in memory at
 boundary: the algorithm's ``state_dict`` (the network and any state of the algorithm's own),
 the optimizer's ``state_dict``, the Python, NumPy, torch and CUDA random-number generators, the
 number of the next step (which is also the loaders' state: batch ``t`` of a training loader
-depends only on its seed and ``t``), and the values the algorithm's ``update`` returned since
-the last record (the next record averages them). A run resumed from it writes the same
+depends only on its seed and ``t``; a multi-task job's epoch and position in it follow from the
+step), the values the algorithm's ``update`` returned since the last record (the next record
+averages them) and, for a multi-task job, its learning-rate scheduler's state. A run resumed from it writes the same
 ``results.jsonl`` values as one that was never stopped (on the CPU; ``step_time`` and ``mem_gb``
 measure the machine, not the run).
 
@@ -96,6 +97,7 @@ class Checkpoint:
     computation: dict[str, Any] = field(default_factory=dict)  # see ``job_computation``
     probe: dict[str, Any] | None = None  # the held-out gradient probe's state, if it ran
     torch: str | None = None  # the PyTorch version that wrote it
+    scheduler: dict[str, Any] | None = None  # the learning-rate scheduler's state (multi-task jobs)
 
 
 def checkpoint_path(job_dir: str | os.PathLike) -> Path:
@@ -182,12 +184,13 @@ def save_checkpoint(
     *,
     computation: Mapping[str, Any] | None = None,
     probe: Mapping[str, Any] | None = None,
+    scheduler: Mapping[str, Any] | None = None,
 ) -> Path:
     """Save the state at the start of ``step`` atomically (write, then rename); return the path.
 
     ``computation`` comes from ``job_computation``, ``probe`` from the held-out gradient probe's
-    ``state_dict``. A failed write removes the temporary file; on a full disk the ``OSError``
-    says which file it was writing.
+    ``state_dict``, ``scheduler`` from a learning-rate scheduler's. A failed write removes the
+    temporary file; on a full disk the ``OSError`` says which file it was writing.
     """
     payload = {
         "format": FORMAT,
@@ -202,6 +205,8 @@ def save_checkpoint(
         "probe": _plain(probe) if probe is not None else None,
         "torch": str(torch.__version__),
     }
+    if scheduler is not None:  # absent from domain-generalization checkpoints, as before
+        payload["scheduler"] = _plain(scheduler)
     path = checkpoint_path(job_dir)
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -302,6 +307,8 @@ def load_checkpoint(job_dir: str | os.PathLike, job_id: str, steps: int) -> Chec
         _check(isinstance(payload.get(key), dict), path, f"no {key} state")
     probe = payload.get("probe")
     _check(probe is None or isinstance(probe, dict), path, "a bad probe state")
+    scheduler = payload.get("scheduler")
+    _check(scheduler is None or isinstance(scheduler, dict), path, "a bad scheduler state")
     return Checkpoint(
         step=step,
         interval={key: [float(v) for v in values] for key, values in interval.items()},
@@ -311,18 +318,26 @@ def load_checkpoint(job_dir: str | os.PathLike, job_id: str, steps: int) -> Chec
         computation=payload["computation"],
         probe=probe,
         torch=payload.get("torch"),
+        scheduler=scheduler,
     )
 
 
 def restore_checkpoint(
-    checkpoint: Checkpoint, algorithm: torch.nn.Module, optimizer: torch.optim.Optimizer
+    checkpoint: Checkpoint,
+    algorithm: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> None:
-    """Load the algorithm, optimizer and generator states; the generators last, so call this
-    right before the first step. Raises ``UnusableCheckpoint`` when a state does not fit (the
-    algorithm and optimizer may then be partly overwritten: build them again)."""
+    """Load the algorithm, optimizer, scheduler and generator states; the generators last, so
+    call this right before the first step. Raises ``UnusableCheckpoint`` when a state does not
+    fit (the algorithm and optimizer may then be partly overwritten: build them again)."""
     try:
         algorithm.load_state_dict(checkpoint.algorithm)
         optimizer.load_state_dict(checkpoint.optimizer)
+        if scheduler is not None:
+            if checkpoint.scheduler is None:
+                raise KeyError("no learning-rate scheduler state")
+            scheduler.load_state_dict(checkpoint.scheduler)
         restore_rng_state(checkpoint.rng)
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -1,4 +1,11 @@
-"""Train one job into its output folder (DomainBed's ``train.py``, as a function)."""
+"""Train one job into its output folder (DomainBed's ``train.py``, as a function).
+
+This module is the job shell, the same for every kind of job: the lock, the log, the tracker,
+the stop signals, ``job.json``, loading and checking the checkpoint, writing records, the
+``done`` marker and what a failure leaves. The training loop itself is the job kind's:
+``sage_bench.run.dg`` (domain generalization: steps, environments, model selection's records)
+or ``sage_bench.run.mtl`` (multi-task: epochs, per-epoch metrics); each gets a ``Job``.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +14,13 @@ import json
 import logging
 import os
 import platform
-import resource
 import sys
-import time
 import traceback
-from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,30 +28,20 @@ import torchvision
 from tqdm.auto import tqdm
 
 from sage_bench import __version__
-from sage_bench.algorithms import build_algorithm
 from sage_bench.config import JobSpec
-from sage_bench.data import get_dataset_class
-from sage_bench.data.loaders import infinite_loader, is_worker_death
-from sage_bench.data.splits import split_environments
-from sage_bench.models import backbone_preprocess, build_network
-from sage_bench.optim import build_optimizer
-from sage_bench.precision import FIDELITY_WARNING, Precision
+from sage_bench.data.loaders import is_worker_death
 from sage_bench.records import (
     ERROR_FILE,
     LOG_FILE,
-    RESULTS_FILE,
     append_record,
     is_done,
     mark_done,
-    truncate_records,
 )
 from sage_bench.run import checkpoint as ckpt
-from sage_bench.run.accelerate import accelerate
-from sage_bench.run.alignment import HeldOutGradientProbe
-from sage_bench.run.evaluation import build_evaluator
+from sage_bench.run.guards import TrainingDiverged
 from sage_bench.run.lock import job_lock
 from sage_bench.run.tracking import Tracker
-from sage_bench.seeding import seed_everything, seed_hash
+from sage_bench.seeding import seed_everything
 
 JOB_FILE = "job.json"
 MODEL_FILE = "model.pt"  # the final model, kept when save_final_model=true
@@ -61,10 +57,6 @@ class _TqdmHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         tqdm.write(self.format(record), file=sys.stderr if record.levelno >= logging.WARNING else sys.stdout)
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss or the weights became NaN or infinite; the last checkpoint (all finite) is kept."""
 
 
 @contextmanager
@@ -87,22 +79,6 @@ def _job_logger(job_dir: Path, console: bool = True) -> Iterator[logging.Logger]
         for handler in handlers:
             logger.removeHandler(handler)
             handler.close()
-
-
-def _peak_memory_gb(device: torch.device) -> float:
-    """Peak CUDA memory allocated on ``device``; on CPU, the process's peak resident memory."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-
-
-def _format_row(values: list, width: int = 12) -> str:
-    def fmt(v) -> str:
-        if isinstance(v, float):
-            v = f"{v:.4f}"
-        return str(v).ljust(width)[:width]
-
-    return "  ".join(fmt(v) for v in values)
 
 
 def run_job(spec: JobSpec, console: bool = True, start_over: bool = False) -> Path:
@@ -196,216 +172,60 @@ def _describe(spec: JobSpec, log: logging.Logger) -> None:
 
 
 def _run_name(spec: JobSpec) -> str:
-    return (
-        f"{spec.algorithm} {spec.dataset} test_envs={spec.test_envs} "
-        f"hparams_seed={spec.hparams_seed} trial_seed={spec.trial_seed}"
-    )
+    where = "" if spec.multi_task else f" test_envs={spec.test_envs}"
+    return f"{spec.algorithm} {spec.dataset}{where} hparams_seed={spec.hparams_seed} trial_seed={spec.trial_seed}"
+
+
+@dataclass
+class Job:
+    """What a training loop gets from the job shell: the spec, its folder, the log, the stop
+    signals (``stop.received``), the computation its checkpoints must match, and how to start
+    (``begin``) and write a record (``write_record``)."""
+
+    spec: JobSpec
+    dir: Path
+    log: logging.Logger
+    stop: ckpt.StopSignals
+    tracker: Tracker
+    computation: dict[str, Any]
+
+    def begin(self, total_steps: int) -> ckpt.Checkpoint | None:
+        """The checkpoint to resume from (``None``: start at step 0) of a job of
+        ``total_steps`` steps, checked against the job's computation; then the tracker starts and
+        the global generators are seeded from the job's seed. Call once, before anything random
+        (building the network)."""
+        spec = self.spec
+        resume = ckpt.load_checkpoint(self.dir, spec.job_id, total_steps)
+        if resume:
+            ckpt.check_computation(resume, self.computation, ckpt.checkpoint_path(self.dir))
+            if resume.torch != torch.__version__:  # numerics may differ slightly; the code is the same
+                self.log.warning(f"the checkpoint was written with PyTorch {resume.torch}, this is {torch.__version__}")
+        self.tracker.start(spec.wandb, self.dir, _run_name(spec), {**spec.record_args(), "hparams": spec.hparams})
+        seed_everything(spec.seed)
+        return resume
+
+    def write_record(self, record: dict[str, Any], step: int) -> None:
+        """Append ``record`` to ``results.jsonl`` and send it to the tracker (without
+        ``hparams`` and ``args``) at ``step``."""
+        append_record(self.dir, record)
+        self.tracker.log({k: v for k, v in record.items() if k not in ("hparams", "args")}, step)
 
 
 def _train(
     spec: JobSpec, job_dir: Path, log: logging.Logger, stop: ckpt.StopSignals, tracker: Tracker
 ) -> None:
+    from sage_bench.run import dg, mtl
+
     _describe(spec, log)
     (job_dir / JOB_FILE).write_text(json.dumps(spec.record_args(), indent=2, sort_keys=True))
-    resume = ckpt.load_checkpoint(job_dir, spec.job_id, spec.steps)  # None: start at step 0
-    computation = ckpt.job_computation(spec.hparams, spec.record_args())
-    if resume:
-        ckpt.check_computation(resume, computation, ckpt.checkpoint_path(job_dir))
-        if resume.torch != torch.__version__:  # numerics may differ slightly; the code is the same
-            log.warning(f"the checkpoint was written with PyTorch {resume.torch}, this is {torch.__version__}")
-    start_step = resume.step if resume else 0
-    tracker.start(spec.wandb, job_dir, _run_name(spec), {**spec.record_args(), "hparams": spec.hparams})
-
-    seed_everything(spec.seed)
-    device = torch.device(spec.device)
-    hparams = spec.hparams
-
-    preprocess = backbone_preprocess(spec.backbone, spec.backbone_options)  # input size, normalisation
-    dataset = get_dataset_class(spec.dataset)(
-        str(spec.data_dir), spec.test_envs, hparams, preprocess=preprocess, **spec.dataset_options
-    )
-    splits = split_environments(dataset, spec.holdout_fraction, spec.trial_seed)
-    train_envs = [i for i in range(len(dataset)) if i not in spec.test_envs]
-    batch_size = hparams["batch_size"]
-    pin = device.type == "cuda"
-    train_iterators = [
-        infinite_loader(
-            splits[i].in_split,
-            batch_size,
-            seed=seed_hash(spec.seed, "train_loader", i),
-            start_step=start_step,
-            num_workers=spec.num_workers,
-            pin_memory=pin,
-        )
-        for i in train_envs
-    ]
-    evaluate = build_evaluator(spec, dataset, splits, preprocess, device, log)  # eval_splits, the cache
-
-    network = build_network(
-        spec.backbone,
-        dataset.input_shape,
-        dataset.num_classes,
-        hparams,
-        class_names=dataset.class_names,
-        **spec.backbone_options,
-    ).to(device)
-    optimizer = build_optimizer(spec.optimizer, network.parameters(), hparams, **spec.optimizer_options)
-    algorithm = build_algorithm(
-        spec.algorithm,
-        network,
-        optimizer,
-        hparams,
-        family=dataset.HPARAM_FAMILY,
-        num_domains=len(train_envs),
-        num_classes=dataset.num_classes,
-    )
-    algorithm.train()
-    precision = spec.resolved_precision()
-    accelerate(algorithm, device, precision, compile=spec.compile)
-
-    probe = None  # the cosine with the held-out domains' gradient (Figure 5), when asked for
-    if spec.test_grad_cosine_freq:
-        probe = HeldOutGradientProbe([splits[i].in_split for i in spec.test_envs], batch_size, spec.seed, device)
-
-    steps_per_epoch = min(len(s.in_split) / batch_size for s in splits)
-    test_env = spec.test_envs[0]
-    val_keys = [f"env{i}_out_acc" for i in train_envs]
-    header = ["step", "epoch", "loss", "train_val", f"env{test_env}_in", "step_time"]
-    log.info(_format_row(header))
-
-    interval: dict[str, list[float]] = defaultdict(list)
-    fidelity_warned = False
-    saved_step = start_step  # the step the last checkpoint resumes at (0: none)
-    if resume:
-        ckpt.restore_checkpoint(resume, algorithm, optimizer)  # the RNGs too: nothing random may follow
-        interval.update(resume.interval)
-        if probe is not None and resume.probe is not None:
-            probe.load_state_dict(resume.probe)
-        kept = truncate_records(job_dir, start_step)
-        log.info(f"resumed from the checkpoint before step {start_step} ({kept} records kept)")
-    else:
-        (job_dir / RESULTS_FILE).unlink(missing_ok=True)  # an unfinished earlier attempt starts over
-    bar = tqdm(
-        range(start_step, spec.steps),
-        initial=start_step,
-        total=spec.steps,
-        desc=f"{spec.algorithm} {spec.dataset} test_envs={spec.test_envs}",
-        disable=not spec.progress,
-        dynamic_ncols=True,
-        leave=False,
-    )
-
-    def save(next_step: int) -> None:  # the state at the start of ``next_step``
-        probe_state = probe.state_dict() if probe is not None else None
-        ckpt.save_checkpoint(
-            job_dir, spec.job_id, next_step, algorithm, optimizer, interval, computation=computation, probe=probe_state
-        )
-
-    for step in bar:
-        start = time.time()
-        try:
-            batches = [next(it) for it in train_iterators]
-        except RuntimeError as exc:
-            if stop.received is None or not is_worker_death(exc):
-                raise
-            if step > start_step:  # workers killed after a stop signal: stop before this step
-                save(step)
-            raise ckpt.JobInterrupted(stop.received, step if step > start_step else None) from exc
-        minibatches = [(x.to(device, non_blocking=pin), y.to(device, non_blocking=pin)) for x, y in batches]
-        if probe is not None and step % spec.test_grad_cosine_freq == 0:
-            start += probe.measure(step, algorithm, minibatches)  # not part of the step's time
-        last = step == spec.steps - 1
-        algorithm.measure_fidelity = step % spec.checkpoint_freq == 0 or last
-        stats = algorithm.update(minibatches)
-        _check_finite(stats, step, saved_step)
-        interval["step_time"].append(time.time() - start)
-        for key, value in stats.items():
-            interval[key].append(float(value))
-        if "loss" in stats:
-            bar.set_postfix(loss=f"{stats['loss']:.4f}", refresh=False)
-
-        if step % spec.checkpoint_freq == 0 or last:
-            record: dict = {"step": step, "epoch": step / steps_per_epoch}
-            for key, values in interval.items():
-                record[key] = float(np.mean(values))
-            record.update(evaluate(algorithm, stopping=lambda: stop.received is not None))
-            record["eval_time"] = evaluate.seconds
-            if probe is not None:
-                record.update(probe.record())
-            record["mem_gb"] = _peak_memory_gb(device)
-            record["hparams"] = hparams
-            record["args"] = spec.record_args()
-            append_record(job_dir, record)
-            tracker.log({k: v for k, v in record.items() if k not in ("hparams", "args")}, step)
-            interval = defaultdict(list)
-            fidelity = record.get("perturbation_fidelity")
-            if fidelity is not None and fidelity < FIDELITY_WARNING and not fidelity_warned:
-                log.warning(_fidelity_warning(spec, precision, fidelity, step))
-                fidelity_warned = True
-            log.info(
-                _format_row(
-                    [
-                        step,
-                        record["epoch"],
-                        record.get("loss", float("nan")),
-                        float(np.mean([record[k] for k in val_keys])),
-                        record[f"env{test_env}_in_acc"],
-                        record["step_time"],
-                    ]
-                )
-            )
-        if not last and (step % spec.checkpoint_freq == 0 or stop.received is not None):
-            _check_finite_weights(algorithm, step, saved_step)  # never checkpoint broken weights
-            save(step + 1)
-            saved_step = step + 1
-            if stop.received is not None:
-                raise ckpt.JobInterrupted(stop.received, step + 1)
-    bar.close()
+    job = Job(spec, job_dir, log, stop, tracker, ckpt.job_computation(spec.hparams, spec.record_args()))
+    algorithm = (mtl.train if spec.multi_task else dg.train)(job)
     if spec.save_final_model:
-        model = {"algorithm": algorithm.state_dict(), "args": spec.record_args(), "hparams": hparams}
+        model = {"algorithm": algorithm.state_dict(), "args": spec.record_args(), "hparams": spec.hparams}
         torch.save(model, job_dir / MODEL_FILE)
     mark_done(job_dir)
     ckpt.discard_checkpoint(job_dir)
     log.info(f"done: {job_dir}")
 
 
-def _kept(saved_step: int) -> str:
-    if saved_step == 0:
-        return "no checkpoint was saved yet"
-    return f"the last checkpoint (before step {saved_step}) is kept; running the job again resumes from it"
-
-
-def _check_finite(stats: dict[str, float], step: int, saved_step: int) -> None:
-    """Stop the job when a loss the update returned is NaN or infinite."""
-    for key, value in stats.items():
-        if key.endswith("loss") and not np.isfinite(value):
-            raise TrainingDiverged(
-                f"the training {key} became {value} at step {step}; {_kept(saved_step)}. "
-                "A smaller hparams.lr, or a closer look at the data, usually helps"
-            )
-
-
-def _check_finite_weights(algorithm: torch.nn.Module, step: int, saved_step: int) -> None:
-    """Stop the job when a weight is NaN or infinite (checked before each checkpoint is saved)."""
-    tensors = [p.detach() for p in algorithm.parameters() if p.is_floating_point()]
-    # the largest magnitude of each tensor: finite unless an element is not (a 2-norm overflows)
-    if tensors and not torch.isfinite(torch.stack(torch._foreach_norm(tensors, ord=float("inf")))).all():
-        raise TrainingDiverged(f"the weights became NaN or infinite at step {step}; {_kept(saved_step)}")
-
-
-def _fidelity_warning(spec: JobSpec, precision: Precision, fidelity: float, step: int) -> str:
-    computed = precision.describe()
-    if precision.train is not None:
-        change = (
-            f"precision.train={spec.precision['train']} computes in {computed['train']}: set precision.train=fp32 "
-            "(or leave it at auto)"
-        )
-    elif precision.tf32:
-        change = f"tf32={spec.tf32} rounds matrix products to TF32: set tf32=false (or leave it at auto)"
-    else:
-        change = "the perturbation is below float32's resolution of the weights: increase hparams.rho"
-    return (
-        f"warning: perturbation_fidelity {fidelity:.3f} < {FIDELITY_WARNING} at step {step}: the forward pass "
-        f"computes with little of the perturbation {spec.algorithm} intends (rho={spec.hparams.get('rho')}); "
-        f"{change}"
-    )
+__all__ = ["JOB_FILE", "MODEL_FILE", "Job", "TrainingDiverged", "run_job"]

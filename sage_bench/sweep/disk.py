@@ -40,12 +40,27 @@ def format_bytes(n: float) -> str:
 
 
 def _record_steps(spec: JobSpec) -> int:
+    if spec.multi_task:
+        return spec.epochs
     return len(set(range(0, spec.steps, spec.checkpoint_freq)) | {spec.steps - 1})
+
+
+def _record_values(spec: JobSpec) -> list[str]:
+    """The names of a record's values besides the loss and the timings: accuracies of every
+    environment's splits, or a multi-task job's metrics, task losses and ``delta_m``."""
+    from sage_bench.data import get_dataset_class
+
+    if spec.multi_task:
+        from sage_bench.mtl.metrics import metric_names
+
+        tasks = get_dataset_class(spec.dataset).TASKS
+        return [f"test_{k}" for t in tasks for k in [*metric_names(t), f"{t.name}_loss"]] + ["delta_m", "lr"]
+    n_envs = len(get_dataset_class(spec.dataset).ENVIRONMENTS)
+    return [f"env{i}_{s}_acc" for i in range(n_envs) for s in ("in", "out")]
 
 
 def kept_bytes(spec: JobSpec) -> int:
     """What a finished job keeps, final model aside (an upper estimate)."""
-    n_envs = _n_envs(spec)
     a_float = 0.12345678901234567
     record = {
         "step": spec.steps,
@@ -55,7 +70,7 @@ def kept_bytes(spec: JobSpec) -> int:
         "mem_gb": a_float,
     }
     record.update({f"extra_{i}": a_float for i in range(_EXTRA_FLOATS)})
-    record.update({f"env{i}_{s}_acc": a_float for i in range(n_envs) for s in ("in", "out")})
+    record.update({key: a_float for key in _record_values(spec)})
     record.update({"hparams": spec.hparams, "args": spec.record_args()})
     record_bytes = len(json.dumps(record, sort_keys=True, default=str)) + 1
     args_bytes = len(json.dumps(spec.record_args(), indent=2, sort_keys=True, default=str))
@@ -66,12 +81,6 @@ def kept_bytes(spec: JobSpec) -> int:
     return total
 
 
-def _n_envs(spec: JobSpec) -> int:
-    from sage_bench.data import get_dataset_class
-
-    return len(get_dataset_class(spec.dataset).ENVIRONMENTS)
-
-
 def _tensor_bytes(value: object) -> int:
     return value.numel() * value.element_size() if isinstance(value, torch.Tensor) else 0
 
@@ -80,8 +89,13 @@ def model_bytes(spec: JobSpec) -> tuple[int, int]:
     """(weights, optimizer state) of the job's network, in bytes, measured on the meta device."""
     from sage_bench.data import get_dataset_class
     from sage_bench.models import build_network
-    from sage_bench.optim import build_optimizer
 
+    if spec.multi_task:
+        from sage_bench.models.mtan import mtan
+
+        with torch.device("meta"):
+            network = mtan(get_dataset_class(spec.dataset).TASKS, spec.backbone_options["width"])
+        return _sizes(network, spec)
     dataset = get_dataset_class(spec.dataset)(
         str(spec.data_dir), spec.test_envs, spec.hparams, **spec.dataset_options
     )
@@ -93,6 +107,14 @@ def model_bytes(spec: JobSpec) -> tuple[int, int]:
             spec.hparams,
             **spec.backbone_options,
         )
+    return _sizes(network, spec)
+
+
+def _sizes(network: torch.nn.Module, spec: JobSpec) -> tuple[int, int]:
+    """(weights, optimizer state) in bytes of ``network`` on the meta device after one step."""
+    from sage_bench.optim import build_optimizer
+
+    with torch.device("meta"):
         optimizer = build_optimizer(
             spec.optimizer, network.parameters(), spec.hparams, **spec.optimizer_options
         )

@@ -6,6 +6,11 @@ Each job is the list of ``sage-bench train`` overrides that defines it, and its 
 runs (only ``device`` and ``data_dir`` are resolved on the machine that runs it), so its folder
 is ``job.spec.job_dir`` everywhere. A bad name or value anywhere in the grid stops the planning
 before anything is launched.
+
+A multi-task data set has no test environments: each of its jobs is planned once per grid point
+and seeds (``test_envs`` must be left at ``single``). A row trained as one network per task
+(``MultiTaskAlgorithm.per_task_hparam``: STL's ``task``) is planned once per task of the data
+set, unless the overrides set that hyperparameter.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from hydra.errors import HydraException
 
 from sage_bench.config import JobSpec, compose_job_config, job_from_config
 from sage_bench.data import get_dataset_class
+from sage_bench.data.catalog import MULTITASK_TASKS
 from sage_bench.errors import ConfigError
 
 # Keys a sweep sets itself; the message says which option sets them instead.
@@ -133,7 +139,7 @@ class SweepJob:
             [
                 s.dataset,
                 s.algorithm,
-                f"test_envs={s.test_envs}",
+                *([] if s.multi_task else [f"test_envs={s.test_envs}"]),
                 f"hparams_seed={s.hparams_seed}",
                 f"trial_seed={s.trial_seed}",
                 *self.swept,
@@ -171,13 +177,29 @@ class Sweep:
         output_dir = Path(self.output_dir).resolve()
         jobs: dict[Path, SweepJob] = {}
         for dataset in self.datasets:
-            n_envs = len(get_dataset_class(dataset).ENVIRONMENTS)
-            env_sets = test_env_sets(self.test_envs, n_envs)
+            multi_task = dataset in MULTITASK_TASKS
+            if multi_task and self.test_envs not in TEST_ENV_MODES:
+                raise ConfigError(f"{dataset} is a multi-task data set and has no test environments; leave --test-envs out")
+            cls = get_dataset_class(dataset)
+            env_sets = [None] if multi_task else test_env_sets(self.test_envs, len(cls.ENVIRONMENTS))
             for algorithm, point in itertools.product(self.algorithms, grid):
                 swept = tuple(o for o in point if _parse([o])[0].key_or_group in swept_keys)
-                for job in self._jobs_of(dataset, algorithm, point, swept, env_sets, output_dir):
-                    jobs.setdefault(job.job_dir, job)
+                for extra in self._per_task(dataset, algorithm, point) if multi_task else [[]]:
+                    for job in self._jobs_of(dataset, algorithm, [*point, *extra], (*swept, *extra), env_sets, output_dir):
+                        jobs.setdefault(job.job_dir, job)
         return list(jobs.values())
+
+    @staticmethod
+    def _per_task(dataset: str, algorithm: str, point: list[str]) -> list[list[str]]:
+        """``[[]]``, or one ``hparams.<name>=<task>`` per task of the data set for a row trained
+        as one network per task (``per_task_hparam``) whose hyperparameter the point leaves open."""
+        from sage_bench.algorithms.registry import algorithms
+
+        registered = algorithms().get(algorithm)
+        name = getattr(registered.cls, "per_task_hparam", None) if registered is not None else None
+        if name is None or f"hparams.{name}" in _override_keys(point):
+            return [[]]
+        return [[f"hparams.{name}={task}"] for task, _ in MULTITASK_TASKS[dataset]]
 
     def _jobs_of(
         self,
@@ -185,7 +207,7 @@ class Sweep:
         algorithm: str,
         point: list[str],
         swept: tuple[str, ...],
-        env_sets: list[list[int]],
+        env_sets: list[list[int] | None],
         output_dir: Path,
     ) -> Iterator[SweepJob]:
         given = _override_keys(point)
@@ -204,13 +226,14 @@ class Sweep:
             env_sets, self.hparams_seeds, self.trial_seeds
         ):
             cfg = copy.deepcopy(base)
-            cfg.test_envs = test_envs
+            if test_envs is not None:  # None: a multi-task data set
+                cfg.test_envs = test_envs
             cfg.hparams_seed = hparams_seed
             cfg.trial_seed = trial_seed
             overrides = (
                 f"dataset={dataset}",
                 f"algorithm={algorithm}",
-                f"test_envs=[{','.join(map(str, test_envs))}]",
+                *([] if test_envs is None else [f"test_envs=[{','.join(map(str, test_envs))}]"]),
                 f"hparams_seed={hparams_seed}",
                 f"trial_seed={trial_seed}",
                 *tail,
