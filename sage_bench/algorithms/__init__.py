@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from sage_bench import hparams as hp
+from sage_bench.algorithms import mtl_aggregating, mtl_weighting  # noqa: F401  (multi-task rows register)
 from sage_bench.algorithms.adversarial import CDANN, DANN
 from sage_bench.algorithms.base import Algorithm, FeatureAlgorithm, Minibatches, NetworkError
 from sage_bench.algorithms.domainbed import CORAL, IRM, MMD, RSC, Fish, GroupDRO, Mixup, VREx
@@ -26,8 +27,10 @@ from sage_bench.algorithms.erm import ERM
 from sage_bench.algorithms.gam import GAM
 from sage_bench.algorithms.gradient_agreement import GGA, GGA_L
 from sage_bench.algorithms.iib import IIB
+from sage_bench.algorithms.multitask import LossFn, MultiTaskAlgorithm
 from sage_bench.algorithms.registry import (
     ALGORITHMS,
+    MULTI_TASK,
     RegisteredAlgorithm,
     algorithms,
     get_algorithm,
@@ -53,7 +56,8 @@ def build_algorithm(
     backbone: str | None = None,
     num_domains: int | None = None,
     num_classes: int | None = None,
-) -> Algorithm:
+    loss_fn: LossFn | None = None,
+) -> Algorithm | MultiTaskAlgorithm:
     """Wrap ``network`` and ``optimizer`` in the algorithm called ``name``.
 
     ``hparams`` may set any of the algorithm's own hyperparameters (the rest keep their
@@ -64,12 +68,22 @@ def build_algorithm(
     ``sage_bench.hparams``). ``num_domains`` (the number of training domains, i.e. of minibatches
     per update) and ``num_classes`` are needed by the algorithms that build modules of their own
     (DANN, CDANN, IIB); the others ignore them.
+
+    A multi-task algorithm (registered with ``task=MULTI_TASK``, e.g. ``"PCGrad"``) needs
+    ``loss_fn``, the ``(outputs, targets) -> {task: loss}`` of its data set
+    (``sage_bench.mtl.MultiTaskLoss``), and a network with per-task outputs
+    (``sage_bench.models.mtan``).
     """
     registered = get_algorithm(name)
+    if (registered.task == MULTI_TASK) != (loss_fn is not None):
+        needs = "needs loss_fn=" if loss_fn is None else "takes no loss_fn"
+        raise TypeError(f"algorithm {name!r} ({registered.task.replace('_', ' ')}) {needs}")
     space = registered.space(hp.SpaceContext(family, dataset, backbone))
     given = dict(hparams or {})
     own = {k: v for k, v in given.items() if k not in hp.SHARED_HPARAM_NAMES}
     resolved = hp.apply_overrides(space, hp.defaults(space), own)
+    if loss_fn is not None:
+        return registered.cls(network, optimizer, {**given, **resolved}, loss_fn)
     return registered.cls(
         network, optimizer, {**given, **resolved}, num_domains=num_domains, num_classes=num_classes
     )
@@ -95,6 +109,7 @@ __all__ = [
     "SAM",
     "Algorithm",
     "FeatureAlgorithm",
+    "MultiTaskAlgorithm",
     "Fish",
     "GroupDRO",
     "Minibatches",

@@ -85,6 +85,8 @@ class MultiTaskAlgorithm(nn.Module):
     """
 
     autocast_dtype: torch.dtype | None = None
+    #: True where the step takes gradients at perturbed weights (the precision policy reads it)
+    perturbs_weights: bool = False
 
     def __init__(
         self,
