@@ -16,10 +16,13 @@ import contextlib
 import math
 import random
 
+import numpy as np
 import pytest
 import torch
 
 from sage_bench import hparams as hp
+from sage_bench.aggregators.gram import gram_matrix
+from sage_bench.aggregators.mgda import min_norm_weights
 from sage_bench.aggregators.nashmtl import MissingSolverError
 from sage_bench.algorithms import build_algorithm
 from sage_bench.algorithms.registry import MULTI_TASK, get_algorithm
@@ -28,6 +31,7 @@ from sage_bench.models.mtan import MTAN, mtan
 from sage_bench.mtl import MultiTaskLoss
 from tests import reference_mtl_solvers as ref
 from tests import reference_mtl_trainers as trainers
+from tests.mtl_problems import matrices
 from tests.reference_mtan import SegNetMtan
 
 pytestmark = [
@@ -263,6 +267,22 @@ def test_fmtl_matches_its_trainer(batches, solver, combine, adaptive, normalize)
         assert_same(ours, theirs, tolerance("sgd", "CAGrad" if solver == "cagrad" else ""))
         sync(ours, algo.optimizer, theirs, their_optimizer)
     assert stats["perturbed_loss"] != stats["loss"]
+
+
+@pytest.mark.parametrize("name", [n for n, g in matrices().items() if g.shape[0] == 3])
+def test_fmtl_min_norm_solver_is_its_torch_copy(name):
+    """FS-MTL's MGDA stops at ``sum change^2 < 1e-5`` (``stop="squared_l2"``); the lineage's at
+    ``sum |change| < 1e-5``: the weights differ by up to 1.6e-2 on these matrices."""
+    G = matrices()[name]
+    with float64_default():
+        theirs, _ = trainers.MinNormSolver.find_min_norm_element([[row] for row in G])
+    gram = gram_matrix(G).numpy()
+    ours = min_norm_weights(gram, stop="squared_l2")
+    assert np.allclose(ours, theirs.numpy(), rtol=0, atol=1e-14)
+    if name in ("random3", "orthogonal3", "self_conflict3"):
+        assert not np.allclose(ours, min_norm_weights(gram), rtol=0, atol=1e-3)
+    with pytest.raises(ValueError, match="valid choices: l1, squared_l2"):
+        min_norm_weights(gram, stop="l2")
 
 
 @pytest.mark.slow
