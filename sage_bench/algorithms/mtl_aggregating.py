@@ -61,8 +61,8 @@ def clip_source(dataset: str | None) -> str:
 def max_norm_space(method: str, context: SpaceContext) -> dict[str, HParam]:
     """``max_norm``: where the source repository of the data set's row clips (0: no clip)."""
     value = source_max_norm(method, clip_source(context.dataset))
-    help = "clip the shared gradient to this norm after aggregation (0: no clip); default: as the source repository"
-    return {"max_norm": HParam(value, const(value), help, range=NON_NEGATIVE)}
+    meaning = "clip the shared gradient to this norm after aggregation (0: no clip); default: as the source repository"
+    return {"max_norm": HParam(value, const(value), meaning, range=NON_NEGATIVE)}
 
 
 def _with_ranges(method: str, context: SpaceContext, ranges: dict[str, Range]) -> dict[str, HParam]:
