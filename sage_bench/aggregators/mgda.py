@@ -105,8 +105,13 @@ def _quadratic(gram: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
     return total
 
 
-def min_norm_weights(gram: np.ndarray, max_iter: int = MAX_ITER) -> np.ndarray:
-    """Sener and Koltun's ``lambda`` (on the simplex) for the Gram matrix ``A`` of the gradients."""
+def min_norm_weights(gram: np.ndarray, max_iter: int = MAX_ITER, stop: str = "l1") -> np.ndarray:
+    """Sener and Koltun's ``lambda`` (on the simplex) for the Gram matrix ``A`` of the gradients.
+
+    ``stop="l1"``: the loop ends when ``sum |change| < 1e-5`` (the lineage's solver);
+    ``"squared_l2"``: when ``sum change^2 < 1e-5`` (the torch copy in VietHoang1512/FS-MTL)."""
+    if stop not in ("l1", "squared_l2"):
+        raise ValueError(f"unknown stopping rule {stop!r}; valid choices: l1, squared_l2")
     gram = np.asarray(gram, dtype=np.float64)
     n = gram.shape[0]
     if n == 1:
@@ -124,7 +129,8 @@ def min_norm_weights(gram: np.ndarray, max_iter: int = MAX_ITER) -> np.ndarray:
         v2v2 = _quadratic(gram, candidate, candidate)
         step, _ = _segment_min(v1v1, v1v2, v2v2)
         updated = step * weights + (1 - step) * candidate
-        if np.sum(np.abs(updated - weights)) < STOP_CRIT:
+        change = updated - weights
+        if (np.sum(np.abs(change)) if stop == "l1" else np.sum(change**2)) < STOP_CRIT:
             return weights
         weights = updated
     warnings.warn(f"MGDA's min-norm search did not stop within {max_iter} steps", RuntimeWarning, stacklevel=2)

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from sage_bench import hparams as hp
+from sage_bench.algorithms import mtl_aggregating, mtl_weighting  # noqa: F401  (multi-task rows register)
 from sage_bench.algorithms.adversarial import CDANN, DANN
 from sage_bench.algorithms.base import Algorithm, FeatureAlgorithm, Minibatches, NetworkError
 from sage_bench.algorithms.domainbed import CORAL, IRM, MMD, RSC, Fish, GroupDRO, Mixup, VREx
@@ -89,7 +90,8 @@ def build_algorithm(
     backbone: str | None = None,
     num_domains: int | None = None,
     num_classes: int | None = None,
-) -> Algorithm:
+    loss_fn: LossFn | None = None,
+) -> Algorithm | MultiTaskAlgorithm:
     """Wrap ``network`` and ``optimizer`` in the algorithm called ``name``.
 
     ``hparams`` may set any of the algorithm's own hyperparameters (the rest keep their
@@ -100,7 +102,21 @@ def build_algorithm(
     ``sage_bench.hparams``). ``num_domains`` (the number of training domains, i.e. of minibatches
     per update) and ``num_classes`` are needed by the algorithms that build modules of their own
     (DANN, CDANN, IIB); the others ignore them.
+
+    A multi-task algorithm (registered with ``task=MULTI_TASK``, e.g. ``"PCGrad"``) needs
+    ``loss_fn``, the ``(outputs, targets) -> {task: loss}`` of its data set
+    (``sage_bench.mtl.MultiTaskLoss``), and a network with per-task outputs
+    (``sage_bench.models.mtan``).
     """
+    if loss_fn is not None:
+        if get_algorithm(name).task != MULTI_TASK:
+            raise hp.HParamError(f"{name} is a domain-generalization algorithm: it takes no loss_fn")
+        return build_multitask_algorithm(name, network, optimizer, loss_fn, hparams, family, dataset=dataset)
+    if get_algorithm(name).task == MULTI_TASK:
+        raise hp.HParamError(
+            f"{name} is a multi-task algorithm: build it with build_multitask_algorithm, or pass loss_fn= "
+            "(its data set's (outputs, targets) -> {task: loss}, e.g. sage_bench.mtl.MultiTaskLoss)"
+        )
     registered = _registered(name, DOMAIN_GENERALIZATION)
     resolved = _resolved_hparams(registered, hp.SpaceContext(family, dataset, backbone), hparams)
     return registered.cls(network, optimizer, resolved, num_domains=num_domains, num_classes=num_classes)
@@ -160,6 +176,7 @@ __all__ = [
     "SAM",
     "Algorithm",
     "FeatureAlgorithm",
+    "MultiTaskAlgorithm",
     "Fish",
     "GroupDRO",
     "Minibatches",

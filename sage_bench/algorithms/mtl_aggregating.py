@@ -1,0 +1,303 @@
+"""Table 2's gradient-aggregating rows: PCGrad, GradDrop, IMTL-G, CAGrad, MoCo and Nash-MTL.
+
+Each is a ``GradientAggregation`` (``sage_bench.algorithms.multitask``): one forward, ``K``
+backward passes, the aggregator of ``sage_bench.aggregators`` on the ``K x P`` matrix of the
+tasks' shared gradients (its docstring gives the authors' rule, scale factor and numerical
+behaviour), the heads weighted as the authors' code weights them, the shared gradient clipped
+where the source repository clips it, an optimizer step.
+
+Clipping (``max_norm``, 0 = none) defaults to what the repository behind the data set's Table 2
+row did (``sage_bench.aggregators.sources``): on NYUv2 nash-mtl's code, which clips only
+Nash-MTL; on Cityscapes FAMO's, which clips PCGrad, GradDrop and CAGrad; on any other data set
+FAMO's too, the policy the FAMO, FairGrad and SAMO repositories share (the protocol the SAGE
+paper follows). LibMTL's MoCo never clips.
+
+Where the authors' code calls ``torch.autograd.grad(loss, shared_parameters)`` (PCGrad, IMTL-G,
+Nash-MTL) it raises on MTAN, whose task losses do not reach the other tasks' attention modules;
+such a gradient is taken as zeros here, as CAGrad's and GradDrop's flattening does.
+
+State, saved with the algorithm's ``state_dict``: PCGrad's ``random.Random`` (the authors shuffle
+with Python's global ``random``), GradDrop's ``torch.Generator`` (theirs: ``torch.rand_like``),
+both seeded once from torch's global generator (the job's seed); MoCo's tracking variables and
+step; Nash-MTL's previous weights (its warm start) and step counter.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import torch
+
+from sage_bench.aggregators import aggregate
+from sage_bench.aggregators.gram import gram_matrix
+from sage_bench.aggregators.mgda import min_norm_weights
+from sage_bench.aggregators.nashmtl import _cvxpy as require_cvxpy
+from sage_bench.aggregators.sources import source_max_norm
+from sage_bench.aggregators.spaces import METHOD_SPACES
+from sage_bench.algorithms.multitask import GradientAggregation, MultiTaskAlgorithm
+from sage_bench.algorithms.registry import MULTI_TASK, register_algorithm
+from sage_bench.algorithms.samo import SAMO, sam_scale
+from sage_bench.hparams import (
+    AT_LEAST_ONE,
+    NON_NEGATIVE,
+    POSITIVE,
+    HParam,
+    Range,
+    SpaceContext,
+    const,
+)
+
+# --------------------------------------------------------------------------------------------
+# Hyperparameter spaces
+
+
+def clip_source(dataset: str | None) -> str:
+    """The data set whose Table 2 source sets the default clip: NYUv2's (nash-mtl) for NYUv2,
+    Cityscapes' (FAMO) for every other."""
+    return "NYUv2" if dataset == "NYUv2" else "Cityscapes"
+
+
+def max_norm_space(method: str, context: SpaceContext) -> dict[str, HParam]:
+    """``max_norm``: where the source repository of the data set's row clips (0: no clip)."""
+    value = source_max_norm(method, clip_source(context.dataset))
+    meaning = "clip the shared gradient to this norm after aggregation (0: no clip); default: as the source repository"
+    return {"max_norm": HParam(value, const(value), meaning, range=NON_NEGATIVE)}
+
+
+def _with_ranges(method: str, context: SpaceContext, ranges: dict[str, Range]) -> dict[str, HParam]:
+    """``METHOD_SPACES[method]`` (defaults and samplers of the run scripts) with ranges."""
+    space = METHOD_SPACES[method](context.dataset)
+    return {name: HParam(s.default, s.sample, s.help, s.choices, ranges[name]) for name, s in space.items()}
+
+
+def _space(method: str, ranges: dict[str, Range] | None = None):
+    def space(context: SpaceContext) -> dict[str, HParam]:
+        return {**_with_ranges(method, context, ranges or {}), **max_norm_space(method, context)}
+
+    space.__name__ = f"{method}_space"
+    return space
+
+
+# --------------------------------------------------------------------------------------------
+# The rows
+
+
+class SourceAggregation(GradientAggregation):
+    """A ``GradientAggregation`` whose solver reads ``solver_keys`` from the hyperparameters and
+    whose clip is the ``max_norm`` hyperparameter."""
+
+    solver_keys: tuple[str, ...] = ()
+
+    def __init__(self, network, optimizer, hparams, loss_fn):
+        super().__init__(network, optimizer, hparams, loss_fn)
+        self.max_norm = self.hparams["max_norm"] or None
+
+    def solver_hparams(self) -> dict[str, Any]:
+        return {name: self.hparams[name] for name in self.solver_keys}
+
+
+@register_algorithm("PCGrad", space=_space("pcgrad"), task=MULTI_TASK)
+class PCGrad(SourceAggregation):
+    """PCGrad (nash-mtl / FAMO ``PCGrad``): the sum of the projected task gradients; heads get
+    the gradient of ``sum_k L_k``. Projection orders from the algorithm's ``random.Random``."""
+
+    solver = "pcgrad"
+
+    def __init__(self, network, optimizer, hparams, loss_fn):
+        super().__init__(network, optimizer, hparams, loss_fn)
+        # the aggregator shuffles with a random.Random, not a torch.Generator: seed one from the
+        # seed the base class drew
+        self.orders_rng = random.Random(self.solver_noise.seed)
+        self.solver_noise = None
+
+    def solve(self, grads, losses, **extra):
+        return super().solve(grads, losses, generator=self.orders_rng, **extra)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {**super().get_extra_state(), "orders_rng": python_random_state(self.orders_rng)}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        super().set_extra_state(state)
+        set_python_random_state(self.orders_rng, state["orders_rng"])
+
+
+@register_algorithm("GradDrop", space=_space("graddrop"), task=MULTI_TASK)
+class GradDrop(SourceAggregation):
+    """GradDrop (FAMO ``GradDrop``, CAGrad's ``graddrop``): ``K mean_k(g_k M_k)`` with the sign
+    dropout mask ``M``; heads weight 1. Uniform draws from the algorithm's ``torch.Generator``."""
+
+    solver = "graddrop"
+
+
+@register_algorithm("IMTL-G", space=_space("imtl"), task=MULTI_TASK)
+class IMTLG(SourceAggregation):
+    """IMTL-G (nash-mtl ``IMTLG``): ``sum_k alpha_k g_k`` with equal projections on the unit
+    gradients; head ``k`` weight ``alpha_k``."""
+
+    solver = "imtl"
+
+
+@register_algorithm("CAGrad", space=_space("cagrad", {"c": NON_NEGATIVE}), task=MULTI_TASK)
+class CAGrad(SourceAggregation):
+    """CAGrad (nash-mtl / FAMO ``CAGrad``, ``c`` 0.4): ``K (g_0 + cc g_w / ||g_w||) / (1 + c^2)``
+    with SciPy's SLSQP weights; heads weight 1."""
+
+    solver = "cagrad"
+    solver_keys = ("c",)
+
+
+MOCO_RANGES = {"beta": POSITIVE, "beta_sigma": NON_NEGATIVE, "gamma": POSITIVE, "gamma_sigma": NON_NEGATIVE, "rho": NON_NEGATIVE}
+
+
+@register_algorithm("MoCo", space=_space("moco", MOCO_RANGES), task=MULTI_TASK)
+class MoCo(SourceAggregation):
+    """MoCo (LibMTL ``MoCo``): tracked, loss-scaled unit gradients ``Y`` and softmax-updated
+    weights ``lambda``; direction ``Y^T lambda``; heads weight 1; LibMTL's defaults."""
+
+    solver = "moco"
+    solver_keys = tuple(MOCO_RANGES)
+
+
+@register_algorithm(
+    "Nash-MTL", space=_space("nashmtl", {"optim_niter": AT_LEAST_ONE, "update_weights_every": AT_LEAST_ONE}), task=MULTI_TASK
+)
+class NashMTL(SourceAggregation):
+    """Nash-MTL (nash-mtl ``NashMTL``): ``sum_k alpha_k g_k`` with ``alpha_k (G G^T alpha)_k ~ 1``
+    from CCCP iterations of a cvxpy/ECOS problem, warm-started from the previous ``alpha``; head
+    ``k`` weight ``alpha_k``. Needs the ``mtl`` extra (cvxpy, ECOS): building the row without
+    it raises ``MissingSolverError``, which says how to install it."""
+
+    solver = "nashmtl"
+    solver_keys = ("optim_niter", "update_weights_every")
+
+    def __init__(self, network, optimizer, hparams, loss_fn):
+        require_cvxpy()  # before training starts, not at the first step
+        super().__init__(network, optimizer, hparams, loss_fn)
+
+
+# --------------------------------------------------------------------------------------------
+# F-MTL
+
+
+FMTL_SOLVERS = ("mgda", "pcgrad", "cagrad", "imtl")
+FMTL_COMBINES = ("split", "sam")
+
+
+def fmtl_space(context: SpaceContext) -> dict[str, HParam]:
+    """F-MTL's hyperparameters. The repository's run scripts do not say which of its variants
+    Table 2's row is; the defaults are the runs its result-collection scripts read
+    (``{nyuv2,city2scape}/get_result.py``): NYUv2 and other data sets: PCGrad, split, rho 0.05,
+    ASAM scaling (the trainer's default); Cityscapes: MGDA, split, rho 0.0025, plain SAM, no
+    normalisation (the Cityscapes trainer comments it out). Only ``rho`` is searched."""
+    city = context.dataset == "Cityscapes"
+    solver, rho = ("mgda", 0.0025) if city else ("pcgrad", 0.05)
+    return {
+        "solver": HParam(solver, const(solver), "the multi-task solver on the (SAM) task gradients", FMTL_SOLVERS),
+        "combine": HParam(
+            "split", const("split"),
+            "split: the solver on the clean gradients and on SAM minus clean, summed; sam: the solver on the SAM gradients",
+            FMTL_COMBINES,
+        ),
+        "rho": HParam(rho, lambda r: float(r.choice([0.0025, 0.01, 0.05, 0.5, 2.0])), "SAM radius of each task's perturbation", range=POSITIVE),
+        "adaptive": HParam(not city, const(not city), "ASAM scaling: perturbation theta^2 g / || |theta| g ||"),
+        "normalize": HParam(not city, const(not city), "split MGDA: each task's clean and SAM-minus-clean gradient at unit norm"),
+        "c": HParam(0.4, const(0.4), "CAGrad's c (solver cagrad)", range=NON_NEGATIVE),
+    }  # fmt: skip
+
+
+@register_algorithm("F-MTL", space=fmtl_space, task=MULTI_TASK)
+class FMTL(MultiTaskAlgorithm):
+    """F-MTL (Phan et al., ICCV 2025), as ``train.py`` of VietHoang1512/FS-MTL (1371ec5,
+    ``nyuv2/`` and ``city2scape/``) computes a step:
+
+    1. One forward (BatchNorm statistics updated), each task's gradient ``g_t`` of the shared
+       parameters and of its head (one backward per task).
+    2. Per task, SAM perturbations from its own gradients: the shared parameters by
+       ``rho s g_t / || s' g_t ||`` and its head by the same rule on the head gradient (each with
+       its own norm), where ``s = theta^2`` and ``s' = |theta|`` with ``adaptive`` (ASAM without
+       ASAM's ``eta``), 1 otherwise.
+    3. Per task, at the perturbed weights (BatchNorm statistics frozen, as SAMO's step 4, whose
+       code this shares): its SAM gradient of the shared parameters and of its own head.
+    4. ``combine="sam"`` (the code's ``a-X``): the solver on the SAM gradients; ``"split"``
+       (``X``): the solver on the clean ``g_t`` plus the solver on ``h_t = g^SAM_t - g_t``.
+       Solvers as in that code: MGDA ``K sum lambda_t v_t`` with its torch copy of Sener and
+       Koltun's solver (stopping at ``sum change^2 < 1e-5``), the split variant with every
+       ``g_t`` and ``h_t`` at unit norm when ``normalize``; PCGrad the sum of projections
+       (``random.shuffle`` order, once for ``g`` then once for ``h``); CAGrad
+       ``(g_0 + cc g_w / ||g_w||) / (1 + c^2)`` *without* the factor ``K`` of the lineage's copy;
+       IMTL-G ``sum alpha_t v_t``.
+    5. Heads: their own SAM gradient (weight 1). No clipping. Optimizer step.
+
+    Where the code meets torch >= 2's ``zero_grad()`` (gradients ``None`` for other tasks'
+    attention modules, which its lists then skip, misaligning them), such gradients are zeros,
+    what torch < 2 gave. Its solver's ``.cuda()`` calls are not needed here.
+    """
+
+    perturbs_weights = True
+    # the per-task passes at perturbed weights are SAMO's step 4 exactly
+    per_task_perturbed_gradients = SAMO.per_task_perturbed_gradients
+
+    def __init__(self, network, optimizer, hparams, loss_fn):
+        super().__init__(network, optimizer, hparams, loss_fn)
+        # PCGrad's projection orders (the code uses Python's global random), seeded by the job
+        self.orders_rng = random.Random(int(torch.randint(0, 2**62, (1,)).item()))
+
+    def perturbation(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> list[torch.Tensor]:
+        """FS-MTL's ``rho s g / || s' g ||`` over ``params`` (one norm for the list)."""
+        if self.hparams["adaptive"]:
+            scale = sam_scale([p.detach().abs() * g for p, g in zip(params, grads, strict=True)], self.hparams["rho"])
+            return [p.detach().pow(2) * g * scale for p, g in zip(params, grads, strict=True)]
+        scale = sam_scale(grads, self.hparams["rho"])
+        return [g * scale for g in grads]
+
+    def combine_rows(self, rows: torch.Tensor, losses: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """The solver's shared direction for the ``K x P`` matrix ``rows``, scaled as FS-MTL."""
+        solver, k = self.hparams["solver"], rows.shape[0]
+        if solver == "mgda":
+            if normalize:
+                rows = rows / rows.norm(dim=1, keepdim=True)
+            weights = min_norm_weights(gram_matrix(rows).numpy(), stop="squared_l2")
+            return torch.as_tensor(weights, dtype=rows.dtype, device=rows.device) @ rows * k
+        if solver == "pcgrad":
+            return aggregate("pcgrad", rows, losses, generator=self.orders_rng)[0]
+        if solver == "cagrad":
+            return aggregate("cagrad", rows, losses, c=self.hparams["c"])[0] / k
+        return aggregate("imtl", rows, losses)[0]
+
+    def update(self, x, targets):
+        shared = self.shared_parameters()
+        losses = self.task_losses(x, targets)
+        clean = self.task_gradients(losses, keep_tensors=True)
+        shared_eps = [self.perturbation(shared, grads) for grads in clean.per_task_shared]
+        head_eps = {t: self.perturbation(self.head_parameters(t), clean.heads[t]) for t in self.tasks}
+        sam_rows, head_grads, perturbed_losses = self.per_task_perturbed_gradients(x, targets, shared_eps, head_eps)
+        if self.hparams["combine"] == "sam":
+            direction = self.combine_rows(sam_rows, clean.losses)
+        else:
+            normalize = self.hparams["normalize"]
+            direction = self.combine_rows(clean.shared, clean.losses, normalize)
+            direction = direction + self.combine_rows(sam_rows - clean.shared, clean.losses, normalize)
+        self.set_gradients(direction, head_grads)
+        self.step()
+        return {**self.loss_stats(clean.losses), **self.loss_stats(perturbed_losses, prefix="perturbed_")}
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"orders_rng": python_random_state(self.orders_rng)}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        set_python_random_state(self.orders_rng, state["orders_rng"])
+
+
+# --------------------------------------------------------------------------------------------
+# Python's random.Random state in types torch.load(weights_only=True) reads
+
+
+def python_random_state(rng: random.Random) -> tuple[int, torch.Tensor, float | None]:
+    version, internal, gauss_next = rng.getstate()
+    return version, torch.tensor(internal, dtype=torch.int64), gauss_next
+
+
+def set_python_random_state(rng: random.Random, state: tuple[int, torch.Tensor, float | None]) -> None:
+    version, internal, gauss_next = state
+    rng.setstate((int(version), tuple(int(v) for v in internal.tolist()), gauss_next))
