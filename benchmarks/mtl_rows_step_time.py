@@ -17,9 +17,9 @@ import statistics
 import time
 
 import torch
+from sage_bench.algorithms.mtl_rows import build_multitask_algorithm
 
 from sage_bench.algorithms import build_algorithm
-from sage_bench.algorithms.mtl_rows import build_multitask_algorithm
 from sage_bench.data.digit_scenes import DigitScenes
 from sage_bench.models.mtan import mtan
 from sage_bench.mtl import MultiTaskLoss
