@@ -20,6 +20,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
 from sage_bench import hparams as hp
+from sage_bench import precision as prec
 from sage_bench.data import DATASETS, get_dataset_class
 from sage_bench.errors import ConfigError
 from sage_bench.models import BACKBONES, check_backbone_options
@@ -27,7 +28,6 @@ from sage_bench.records import job_hash
 from sage_bench.seeding import seed_hash
 
 CONFIG_MODULE = "sage_bench.configs"
-AUTOCAST_CHOICES = ("bf16", "none")
 
 
 @dataclass
@@ -38,6 +38,15 @@ class WandbSchema:
     project: str = "sage-bench"
     entity: str | None = None
     group: str | None = None
+
+
+@dataclass
+class PrecisionSchema:
+    """``precision.*`` keys: see ``sage_bench.precision``."""
+
+    train: str = "auto"
+    eval: str = "auto"
+    polar: str = "auto"
 
 
 @dataclass
@@ -61,8 +70,8 @@ class TrainSchema:
     num_workers: int | None = None
     eval_batch_size: int = MISSING
     progress: bool = MISSING
-    autocast: str = MISSING
-    tf32: bool = MISSING
+    precision: PrecisionSchema = field(default_factory=PrecisionSchema)
+    tf32: Any = MISSING  # auto, true or false
     compile: bool = MISSING
     test_grad_cosine_freq: int = MISSING
     experiment: Any = None
@@ -128,6 +137,12 @@ def _store_algorithm_configs() -> None:
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
     """The Hydra configuration of a job with ``overrides`` applied (no validation yet)."""
     _store_algorithm_configs()
+    for override in overrides:
+        if override.lstrip("+~").split("=", 1)[0] == "autocast":
+            raise ConfigError(
+                "the key 'autocast' is replaced by precision.train and precision.eval (auto, fp32, bf16), "
+                "e.g. precision.train=bf16; see sage_bench/precision.py"
+            )
     overrides = [_as_addition(o) for o in overrides]
     try:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base=None):
@@ -188,8 +203,9 @@ class JobSpec:
     num_workers: int
     eval_batch_size: int
     progress: bool
-    autocast: str = "bf16"  # mixed precision of forward passes on CUDA: bf16 or none
-    tf32: bool = True  # TF32 matrix products on CUDA
+    # what the job computes in (``sage_bench.precision``): ``precision.train``, ``.eval``, ``.polar``
+    precision: dict[str, str] = field(default_factory=lambda: dict(prec.DEFAULT_PRECISION))
+    tf32: bool | str = "auto"  # TF32 matrix products on CUDA: auto, True or False
     compile: bool = False  # torch.compile the network
     save_final_model: bool = False
     wandb: dict[str, Any] = field(default_factory=lambda: {"mode": "off"})
@@ -213,7 +229,20 @@ class JobSpec:
             "hparams_overrides": self.hparams_overrides,
         }
         assert tuple(values) == _IDENTITY_KEYS
+        # precision, tf32 and compile change the numbers, but enter only when not at their
+        # defaults: jobs at the defaults keep the folders they had before these keys existed
+        values.update(prec.identity_settings(self.precision, self.tf32, self.compile, self._perturbs_weights()))
         return values
+
+    def _perturbs_weights(self) -> bool:
+        from sage_bench.algorithms.registry import get_algorithm
+
+        return get_algorithm(self.algorithm).cls.perturbs_weights
+
+    def resolved_precision(self) -> prec.Precision:
+        """What this job computes in on its device (``sage_bench.precision``)."""
+        device_type = torch.device(self.device).type
+        return prec.resolve_precision(self.precision, self.tf32, device_type, self._perturbs_weights())
 
     @property
     def job_id(self) -> str:
@@ -247,9 +276,10 @@ class JobSpec:
             "dataset_options": self.dataset_options,
             "backbone_options": self.backbone_options,
             "optimizer_options": self.optimizer_options,
-            "autocast": self.autocast,
+            "precision": dict(self.precision),
             "tf32": self.tf32,
             "compile": self.compile,
+            "computed_in": self.resolved_precision().describe(),  # what precision and tf32 resolved to
         }
 
 
@@ -268,6 +298,10 @@ def _wandb_options(node: DictConfig) -> dict[str, Any]:
 
 def job_from_config(cfg: DictConfig) -> JobSpec:
     """Validate a composed configuration into a ``JobSpec`` (raises ``ConfigError``)."""
+    try:  # every ${...} at once: a preset's per-data-set table may lack the data set
+        OmegaConf.to_container(cfg, resolve=True)
+    except InterpolationResolutionError as exc:
+        raise ConfigError(f"cannot resolve the configuration: {str(exc).splitlines()[0]}") from exc
     dataset = cfg.dataset.name
     if dataset not in DATASETS:
         raise ConfigError(f"unknown dataset {dataset!r}; valid choices: {', '.join(sorted(DATASETS))}")
@@ -299,6 +333,10 @@ def job_from_config(cfg: DictConfig) -> JobSpec:
             raise ConfigError(f"bad value for {key!r}: must be >= 0, got {cfg[key]}")
     if not 0.0 < cfg.holdout_fraction < 1.0:
         raise ConfigError(f"bad value for 'holdout_fraction': must be in (0, 1), got {cfg.holdout_fraction}")
+    _check_holdout_fraction(dataset_cls, cfg.holdout_fraction)
+    if cfg.seed is not None and not 0 <= cfg.seed < 2**64:
+        raise ConfigError(f"bad value for 'seed': {cfg.seed} must be in [0, 2**64) (null: derived from the job)")
+    _check_output_dir(Path(cfg.output_dir))
 
     steps = cfg.steps if cfg.steps is not None else dataset_cls.N_STEPS
     freq = cfg.checkpoint_freq if cfg.checkpoint_freq is not None else dataset_cls.CHECKPOINT_FREQ
@@ -316,8 +354,7 @@ def job_from_config(cfg: DictConfig) -> JobSpec:
     if cfg.eval_batch_size < 1:
         raise ConfigError(f"bad value for 'eval_batch_size': must be >= 1, got {cfg.eval_batch_size}")
 
-    if cfg.autocast not in AUTOCAST_CHOICES:
-        raise ConfigError(f"bad value for 'autocast': {cfg.autocast!r}; valid choices: {', '.join(AUTOCAST_CHOICES)}")
+    precision = prec.check_precision(OmegaConf.to_container(cfg.precision, resolve=True), cfg.tf32)
     try:
         overrides = OmegaConf.to_container(cfg.hparams, resolve=True)
     except InterpolationResolutionError as exc:
@@ -331,6 +368,8 @@ def job_from_config(cfg: DictConfig) -> JobSpec:
         raise ConfigError(str(exc)) from exc
     # the overrides as the job uses them (hparams.lr=1 and hparams.lr=1.0 are one job)
     overrides = {name: hparams[name] for name in overrides}
+    optimizer_options = _group_options(cfg, "optimizer")
+    _check_optimizer(cfg.optimizer.name, hparams, optimizer_options)
 
     seed = cfg.seed
     if seed is None:  # as DomainBed's sweep sets --seed
@@ -343,7 +382,7 @@ def job_from_config(cfg: DictConfig) -> JobSpec:
         backbone_options=backbone_options,
         algorithm=algorithm,
         optimizer=cfg.optimizer.name,
-        optimizer_options=_group_options(cfg, "optimizer"),
+        optimizer_options=optimizer_options,
         test_envs=test_envs,
         trial_seed=cfg.trial_seed,
         hparams_seed=cfg.hparams_seed,
@@ -359,13 +398,56 @@ def job_from_config(cfg: DictConfig) -> JobSpec:
         num_workers=num_workers,
         eval_batch_size=cfg.eval_batch_size,
         progress=cfg.progress,
-        autocast=cfg.autocast,
+        precision=precision,
         tf32=cfg.tf32,
         compile=cfg.compile,
         save_final_model=cfg.save_final_model,
         wandb=wandb,
         test_grad_cosine_freq=cfg.test_grad_cosine_freq,
     )
+
+
+def _check_holdout_fraction(dataset_cls: type, fraction: float) -> None:
+    """Every environment whose size is known must keep examples in both splits."""
+    sizes = dataset_cls.known_environment_sizes()
+    for index, size in enumerate(sizes or []):
+        n_out = int(size * fraction)
+        if n_out == 0 or n_out == size:
+            split = "out" if n_out == 0 else "in"
+            raise ConfigError(
+                f"bad value for 'holdout_fraction': {fraction} leaves the {split}-split of environment "
+                f"{index} ({dataset_cls.ENVIRONMENTS[index]}, {size} examples) empty; "
+                f"it must be in [1/{size}, 1 - 1/{size}]"
+            )
+
+
+def _check_output_dir(output_dir: Path) -> None:
+    """``output_dir`` must be a folder, or a path where one can be made."""
+    for path in (output_dir, *output_dir.parents):
+        if path.exists():
+            if not path.is_dir():
+                what = "is a file" if path == output_dir else f"lies under {path}, which is a file"
+                raise ConfigError(f"bad value for 'output_dir': {output_dir} {what}; name a folder")
+            return
+
+
+def _check_optimizer(name: str, hparams: dict[str, Any], options: dict[str, Any]) -> None:
+    """Build the optimizer on a dummy parameter and take one step: options and learning rates
+    it would refuse (``optimizer.betas=[2,0.9]``; an ``lr`` whose step overflows float32) fail
+    here, not in training."""
+    from sage_bench.optim import OPTIMIZERS, build_optimizer
+
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"unknown optimizer {name!r}; valid choices: {', '.join(OPTIMIZERS)}")
+    dummy = torch.nn.Parameter(torch.zeros(1))
+    try:
+        optimizer = build_optimizer(name, [dummy], hparams, **options)
+        dummy.grad = torch.ones_like(dummy)
+        optimizer.step()
+    except (TypeError, ValueError, RuntimeError) as exc:
+        given = [f"optimizer.{k}={v}" for k, v in options.items()]
+        given += [f"hparams.{k}={hparams[k]}" for k in ("lr", "weight_decay") if k in hparams]
+        raise ConfigError(f"optimizer={name} refuses its settings ({' '.join(given)}): {exc}") from exc
 
 
 def compose_job_config(overrides: Sequence[str] = ()) -> DictConfig:

@@ -38,45 +38,57 @@ def test_train_without_the_data_says_how_to_get_it(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "dataset, batch_size", [("PACS", 4), ("VLCS", 4), ("OfficeHome", 4), ("TerraIncognita", 4), ("DomainNet", 2)]
-)
-def test_paper_experiment(dataset, batch_size):
+    "dataset, steps, freq", [("PACS", 5001, 200), ("VLCS", 5001, 200), ("OfficeHome", 5001, 200),
+                             ("TerraIncognita", 5001, 200), ("DomainNet", 15001, 1000)]
+)  # fmt: skip
+def test_paper_experiment(dataset, steps, freq):
     spec = load_job(["experiment=paper_domainbed", f"dataset={dataset}", "algorithm=ERM"])
     assert spec.backbone == "clip_vit_b16"
     assert spec.backbone_options["model"] == "ViT-B-16" and spec.backbone_options["weights"] == "openai"
     assert spec.backbone_options["head"] == "zero_shot" and spec.optimizer == "adam"
-    assert spec.hparams["lr"] == 1e-6 and spec.hparams["batch_size"] == batch_size
+    assert spec.hparams["lr"] == 1e-6 and spec.hparams["batch_size"] == 12  # 12 per training domain
+    assert (spec.steps, spec.checkpoint_freq) == (steps, freq)
+    assert spec.precision["train"] == spec.precision["eval"] == "fp32" and spec.tf32 is False
+    computed = spec.resolved_precision()
+    assert computed.train is None and computed.eval is None and not computed.tf32  # float32, even for ERM
+    assert spec.hparams["data_augmentation"] is True
+    # the other reading of "a batch of 12": 12 in all over the source domains
+    total = load_job(["experiment=paper_domainbed_total12", f"dataset={dataset}", "algorithm=ERM"])
     n_sources = (6 if dataset == "DomainNet" else 4) - 1
-    assert batch_size * n_sources <= 12  # the paper's 12 images a step, over the source domains
-    assert spec.steps == 5001 and spec.hparams["data_augmentation"] is True
+    assert total.hparams["batch_size"] == (2 if dataset == "DomainNet" else 4)
+    assert total.hparams["batch_size"] * n_sources <= 12 and (total.steps, total.checkpoint_freq) == (steps, freq)
     # the user can still override
     assert load_job(["experiment=paper_domainbed", f"dataset={dataset}", "hparams.batch_size=3"]).hparams["batch_size"] == 3
+    assert load_job(["experiment=paper_domainbed", f"dataset={dataset}", "steps=7"]).steps == 7
 
 
 def test_paper_experiment_outside_its_data_sets():
-    with pytest.raises(ConfigError, match="batch_size_per_domain.RotatedDigits"):
+    with pytest.raises(ConfigError, match="experiment.steps.RotatedDigits"):
         load_job(["experiment=paper_domainbed", "dataset=RotatedDigits"])
 
 
-def test_speed_settings():
+def test_accelerate_applies_the_resolved_precision():
     from sage_bench.algorithms import build_algorithm
+    from sage_bench.precision import resolve_precision
     from sage_bench.run.accelerate import accelerate
 
-    assert load_job([]).autocast == "bf16" and load_job([]).tf32 and not load_job([]).compile
-    with pytest.raises(ConfigError, match="'autocast'.*bf16, none"):
-        load_job(["autocast=fp8"])
     net = torch.nn.Linear(2, 2)
-    algorithm = build_algorithm("ERM", net, torch.optim.SGD(net.parameters(), lr=0.1))
-    accelerate(algorithm, torch.device("cpu"))
-    assert algorithm.autocast_dtype is None  # CPU runs stay in full precision
+    algorithm = build_algorithm("SAGE", net, torch.optim.SGD(net.parameters(), lr=0.1))
+    accelerate(algorithm, torch.device("cpu"), resolve_precision({}, "auto", "cpu", perturbs_weights=True))
+    assert algorithm.autocast_dtype is None and algorithm.eval_autocast_dtype is None  # CPU: float32
+    assert algorithm.polar_dtype is None
+    accelerate(algorithm, torch.device("cpu"), resolve_precision({"train": "bf16", "polar": "bf16"}, "auto", "cpu", True))
+    assert algorithm.autocast_dtype == torch.bfloat16 and algorithm.polar_dtype == torch.bfloat16  # explicit: on the CPU too
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     try:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-        accelerate(algorithm, torch.device("cuda"), autocast="bf16", tf32=True)
-        assert algorithm.autocast_dtype == torch.bfloat16
+        erm = build_algorithm("ERM", net, torch.optim.SGD(net.parameters(), lr=0.1))
+        accelerate(erm, torch.device("cuda"), resolve_precision({}, "auto", "cuda", perturbs_weights=False))
+        assert erm.autocast_dtype == erm.eval_autocast_dtype == torch.bfloat16
         assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
-        accelerate(algorithm, torch.device("cuda"), autocast="none", tf32=False)
-        assert algorithm.autocast_dtype is None and not torch.backends.cuda.matmul.allow_tf32
+        accelerate(algorithm, torch.device("cuda"), resolve_precision({}, "auto", "cuda", perturbs_weights=True))
+        assert algorithm.autocast_dtype is None and algorithm.eval_autocast_dtype == torch.bfloat16
+        assert algorithm.polar_dtype == torch.bfloat16 and not torch.backends.cuda.matmul.allow_tf32
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 

@@ -22,14 +22,20 @@ class Algorithm(nn.Module):
     separately by whoever made it.
 
     Forward passes inside ``update`` go through ``self.autocast()``, so setting
-    ``autocast_dtype`` (the runner sets ``torch.bfloat16`` on CUDA) runs them in mixed
-    precision; the default ``None`` runs in the parameters' own precision.
+    ``autocast_dtype`` (the runner sets it from ``precision.train``, see
+    ``sage_bench.precision``) runs them in mixed precision; the default ``None`` runs in the
+    parameters' own precision. Evaluation uses ``eval_autocast()`` and ``eval_autocast_dtype``
+    (``precision.eval``) the same way.
     """
 
     autocast_dtype: torch.dtype | None = None
+    eval_autocast_dtype: torch.dtype | None = None
     # True for algorithms that take a gradient at perturbed weights (the SAM family, SAGE):
     # their perturbation must survive the precision the forward pass computes in
     perturbs_weights: ClassVar[bool] = False
+    # set by the runner before the steps whose statistics go into a record: algorithms that
+    # perturb weights then also measure ``perturbation_fidelity`` (once, not on every step)
+    measure_fidelity: bool = False
 
     def __init__(self, network: nn.Module, optimizer: torch.optim.Optimizer, hparams: Mapping[str, Any]):
         super().__init__()
@@ -38,11 +44,18 @@ class Algorithm(nn.Module):
         self.hparams = dict(hparams)
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """Mixed precision for forward passes when ``autocast_dtype`` is set, else nothing."""
-        if self.autocast_dtype is None:
+        """Mixed precision for training forward passes when ``autocast_dtype`` is set, else nothing."""
+        return self._autocast(self.autocast_dtype)
+
+    def eval_autocast(self) -> contextlib.AbstractContextManager:
+        """Mixed precision for evaluation when ``eval_autocast_dtype`` is set, else nothing."""
+        return self._autocast(self.eval_autocast_dtype)
+
+    def _autocast(self, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+        if dtype is None:
             return contextlib.nullcontext()
         device_type = next(self.network.parameters()).device.type
-        return torch.autocast(device_type=device_type, dtype=self.autocast_dtype)
+        return torch.autocast(device_type=device_type, dtype=dtype)
 
     def update(self, minibatches: Minibatches) -> dict[str, float]:
         """One training step on ``[(x_1, y_1), ..., (x_K, y_K)]``, one pair per training domain."""

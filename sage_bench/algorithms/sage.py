@@ -16,6 +16,12 @@ One step:
 5. ``g_final = g_adv + beta * xi`` with ``xi ~ N(0, I)`` from the algorithm's own seeded
    generator (noise is added to the gradient, as in Algorithm 1 line 29); base optimizer step.
 
+Besides the losses, ``S`` and ``beta``, ``update`` returns what the perturbation and the noise
+did: ``grad_change = ||g_adv - g|| / ||g||``, ``noise_ratio = ||beta xi|| / ||g_adv||`` and, on
+measured steps, ``perturbation_fidelity`` (see ``sage_bench.algorithms.sharpness``). The
+Newton-Schulz iteration runs in ``polar_dtype`` (``None``: float32; the runner sets it from
+``precision.polar``); the perturbation is added to the weights in their own precision.
+
 Hyperparameters: ``rho``, ``gamma``; ablation switches ``orthogonalize`` (off: ``G/||G||_F``),
 ``layer_scale`` (off: drop ``||W||_F``), ``noise`` (off: ``beta = 0``); ``polar`` (``quintic``:
 Muon's Newton-Schulz, what Algorithm 1 names; ``cubic``: Eq. 7; ``svd``: exact), ``ns_steps``;
@@ -32,10 +38,11 @@ import torch
 
 from sage_bench.algorithms.base import Minibatches, concat
 from sage_bench.algorithms.registry import register_algorithm
-from sage_bench.algorithms.sharpness import TwoPassAlgorithm
+from sage_bench.algorithms.sharpness import TwoPassAlgorithm, as_floats
 from sage_bench.geometry import (
     add_gaussian_noise_,
     domain_gradients,
+    global_norm,
     mean_pairwise_cosine,
     noise_scale,
     spectral_perturbation,
@@ -77,6 +84,7 @@ class SAGE(TwoPassAlgorithm):
     """
 
     freeze_bn_in_perturbed_pass = True
+    polar_dtype: torch.dtype | None = None  # precision of the Newton-Schulz iteration
 
     def __init__(self, network, optimizer, hparams: Mapping[str, Any]):
         super().__init__(network, optimizer, hparams)
@@ -123,15 +131,17 @@ class SAGE(TwoPassAlgorithm):
             layer_scale=h["layer_scale"],
             polar=h["polar"],
             ns_steps=h["ns_steps"],
+            polar_dtype=self.polar_dtype,
         )
         x, y = concat(minibatches)
         loss_adv, grads_adv = self.perturbed_grad(x, y, params, e)
+        stats = self.perturbation_stats(params, e, total, grads_adv)
+        adv_norm = global_norm(grads_adv)
+        noise_norm = torch.zeros((), device=adv_norm.device)
         if beta != 0.0:
-            add_gaussian_noise_(grads_adv, beta, self.noise_generator(grads_adv[0].device))
+            noise_norm = add_gaussian_noise_(grads_adv, beta, self.noise_generator(grads_adv[0].device))
+        stats["noise_ratio"] = torch.where(adv_norm > 0, noise_norm / adv_norm, 0.0)
         self.descend(params, grads_adv)
-        return {
-            "loss": grads.loss.item(),
-            "perturbed_loss": loss_adv.item(),
-            "S": agreement.item(),
-            "beta": beta,
-        }
+        return as_floats(
+            {"loss": grads.loss, "perturbed_loss": loss_adv, "S": agreement, "beta": beta, **stats}
+        )

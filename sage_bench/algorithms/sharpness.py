@@ -17,6 +17,13 @@ The parameters perturbed and updated are those the optimizer holds that require 
 and that the loss depends on (parameters without a gradient are left alone, as the authors'
 code skips them). Where the authors' code freezes BatchNorm running statistics during the
 perturbed pass (GSAM, SAGM), so does this; SAM (the DomainBed/SWAD port) and DISAM do not.
+
+Besides the losses, every ``update`` returns what the perturbation did:
+``grad_change = ||g_adv - g|| / ||g||`` on every step (DISAM: ``g`` is its ascent gradient, of
+``CE - lambda Var``, the only clean gradient it computes; so its ``grad_change`` includes the
+variance term and is not 0 at ``rho = 0``), and, on the steps the runner measures
+(``measure_fidelity``), ``perturbation_fidelity``: the cosine between ``e`` and the change of
+weights the forward pass computes with (``sage_bench.geometry.fidelity``).
 """
 
 from __future__ import annotations
@@ -31,6 +38,11 @@ from torch import nn
 from sage_bench.algorithms.base import Algorithm, Minibatches, concat
 from sage_bench.algorithms.registry import register_algorithm
 from sage_bench.geometry import perturbed, sam_perturbation
+from sage_bench.geometry.fidelity import (
+    forward_rounding,
+    perturbation_fidelity,
+    relative_difference,
+)
 from sage_bench.hparams import (
     NON_NEGATIVE,
     UNIT_INTERVAL,
@@ -146,6 +158,25 @@ class TwoPassAlgorithm(Algorithm):
             loss, grads = self.loss_and_grad(x, y, params)
         return loss, [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
 
+    def perturbation_stats(self, params, perturbation, grads, grads_adv) -> dict[str, torch.Tensor]:
+        """``grad_change`` (``||g_adv - g|| / ||g||``), and ``perturbation_fidelity`` when this
+        step is measured; call it at the restored weights, before ``grads_adv`` is changed."""
+        stats = {"grad_change": relative_difference(grads_adv, grads)}
+        if self.measure_fidelity:
+            rounding = forward_rounding(self.network, params, self.autocast_dtype)
+            stats["perturbation_fidelity"] = perturbation_fidelity(params, perturbation, rounding)
+        return stats
+
+
+def as_floats(values: dict[str, torch.Tensor | float]) -> dict[str, float]:
+    """Every value as a Python float, with one transfer from the device for all tensors."""
+    names = [k for k, v in values.items() if isinstance(v, torch.Tensor)]
+    floats = {k: float(v) for k, v in values.items() if not isinstance(v, torch.Tensor)}
+    if names:
+        stacked = torch.stack([values[k].detach().to(torch.float64) for k in names]).tolist()
+        floats.update(zip(names, stacked, strict=True))
+    return {k: floats[k] for k in values}
+
 
 def _dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([(u * v).sum() for u, v in zip(a, b, strict=True)]).sum()
@@ -160,8 +191,9 @@ class SAM(TwoPassAlgorithm):
         loss, params, grads = self.clean_grad(x, y)
         e = sam_perturbation(grads, self.hparams["rho"], eps=EPS)
         loss_adv, grads_adv = self.perturbed_grad(x, y, params, e)
+        stats = self.perturbation_stats(params, e, grads, grads_adv)
         self.descend(params, grads_adv)
-        return {"loss": loss.item(), "perturbed_loss": loss_adv.item()}
+        return as_floats({"loss": loss, "perturbed_loss": loss_adv, **stats})
 
 
 @register_algorithm("GSAM", space=gsam_space)
@@ -183,6 +215,7 @@ class GSAM(TwoPassAlgorithm):
         loss, params, grads = self.clean_grad(x, y)
         e = sam_perturbation(grads, self.hparams["rho"], eps=EPS)
         loss_adv, grads_adv = self.perturbed_grad(x, y, params, e)
+        stats = self.perturbation_stats(params, e, grads, grads_adv)
         norm = torch.sqrt(_dot(grads, grads))
         norm_adv = torch.sqrt(_dot(grads_adv, grads_adv))
         cosine = _dot(grads, grads_adv) / (norm * norm_adv + EPS)
@@ -190,7 +223,7 @@ class GSAM(TwoPassAlgorithm):
         vertical = torch._foreach_sub(grads, parallel)
         final = torch._foreach_add(grads_adv, vertical, alpha=-self.hparams["alpha"])
         self.descend(params, final)
-        return {"loss": loss.item(), "perturbed_loss": loss_adv.item(), "cosine": cosine.item()}
+        return as_floats({"loss": loss, "perturbed_loss": loss_adv, "cosine": cosine, **stats})
 
 
 @register_algorithm("SAGM", space=sagm_space)
@@ -209,10 +242,11 @@ class SAGM(TwoPassAlgorithm):
         scale = self.hparams["rho"] / (norm + EPS) - self.hparams["alpha"]
         e = torch._foreach_mul(grads, scale)
         loss_adv, grads_adv = self.perturbed_grad(x, y, params, e)
+        stats = self.perturbation_stats(params, e, grads, grads_adv)
         final = torch._foreach_add(grads, grads_adv)
         torch._foreach_mul_(final, 0.5)
         self.descend(params, final)
-        return {"loss": loss.item(), "perturbed_loss": loss_adv.item()}
+        return as_floats({"loss": loss, "perturbed_loss": loss_adv, **stats})
 
 
 @register_algorithm("DISAM", space=disam_space)
@@ -240,9 +274,6 @@ class DISAM(TwoPassAlgorithm):
         params, direction = self.used(params, direction)
         e = sam_perturbation(direction, self.hparams["rho"], eps=EPS)
         loss_adv, grads_adv = self.perturbed_grad(x, y, params, e)
+        stats = self.perturbation_stats(params, e, direction, grads_adv)
         self.descend(params, grads_adv)
-        return {
-            "loss": loss.item(),
-            "perturbed_loss": loss_adv.item(),
-            "domain_loss_var": variance.item(),
-        }
+        return as_floats({"loss": loss, "perturbed_loss": loss_adv, "domain_loss_var": variance, **stats})

@@ -45,10 +45,14 @@ def run(args: argparse.Namespace) -> int:
 
     from sage_bench.run import run_job
     from sage_bench.run.checkpoint import JobInterrupted
+    from sage_bench.run.train import TrainingDiverged
 
     try:
         print(run_job(spec))
     except JobInterrupted as exc:
         print(f"sage-bench: {spec.job_dir}: {exc}; the same command resumes it", file=sys.stderr)
         return 128 + exc.signum  # as a shell reports a process ended by that signal
+    except TrainingDiverged as exc:
+        print(f"sage-bench: {spec.job_dir}: {exc}", file=sys.stderr)
+        return 1
     return 0

@@ -34,6 +34,12 @@ class MultiDomainDataset:
     def __len__(self) -> int:
         return len(self.datasets)
 
+    @classmethod
+    def known_environment_sizes(cls) -> list[int] | None:
+        """The number of examples of each environment, in index order, known without reading
+        the data (the smallest published count where versions differ); ``None`` if unknown."""
+        return None
+
     @property
     def environment_names(self) -> list[str]:
         """The environments' labels in index order, as DomainBed prints them."""

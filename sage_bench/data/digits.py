@@ -76,6 +76,11 @@ class _DigitsDataset(MultiDomainDataset):
     ) -> TensorDataset:
         raise NotImplementedError
 
+    @classmethod
+    def known_environment_sizes(cls) -> list[int]:
+        n_images, n_envs = len(load_digit_images()[1]), len(cls.ENV_PARAMETERS)
+        return [len(range(i, n_images, n_envs)) for i in range(n_envs)]
+
 
 class RotatedDigits(_DigitsDataset):
     """Digits rotated by 0-75 degrees, one angle per environment (DomainBed's RotatedMNIST)."""

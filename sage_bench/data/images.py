@@ -136,6 +136,13 @@ class MultiEnvironmentImageFolder(MultiDomainDataset):
     HPARAM_FAMILY = "large"
     DEFAULT_BACKBONE = "clip_vit_b16"
 
+    @classmethod
+    def known_environment_sizes(cls) -> list[int] | None:
+        versions = [cls.EXPECTED_IMAGES, *cls.ALTERNATIVE_IMAGES.values()]
+        if not all(version.keys() >= set(cls.ENV_FOLDERS) for version in versions):
+            return None
+        return [min(version[folder] for version in versions) for folder in cls.ENV_FOLDERS]
+
     def __init__(
         self,
         root: str | os.PathLike,

@@ -38,8 +38,12 @@ def split_environments(environments, holdout_fraction: float, trial_seed: int) -
         raise ValueError(f"holdout_fraction must be in [0, 1), got {holdout_fraction}")
     splits = []
     for index, env in enumerate(environments):
-        out_split, in_split = split_dataset(
-            env, int(len(env) * holdout_fraction), seed_hash(trial_seed, index)
-        )
+        n_out = int(len(env) * holdout_fraction)
+        if holdout_fraction > 0 and n_out == 0:
+            raise ValueError(
+                f"holdout_fraction={holdout_fraction} leaves environment {index} ({len(env)} examples) "
+                f"without an out-split: it must be at least 1/{len(env)}"
+            )
+        out_split, in_split = split_dataset(env, n_out, seed_hash(trial_seed, index))
         splits.append(EnvSplit(in_split=in_split, out_split=out_split))
     return splits

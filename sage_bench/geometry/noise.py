@@ -13,10 +13,15 @@ def noise_scale(agreement: float, gamma: float) -> float:
     return gamma * (1.0 - agreement)
 
 
-def add_gaussian_noise_(grads: Sequence[torch.Tensor], beta: float, generator: torch.Generator) -> None:
+def add_gaussian_noise_(grads: Sequence[torch.Tensor], beta: float, generator: torch.Generator) -> torch.Tensor:
     """``g <- g + beta * xi`` in place, ``xi ~ N(0, I)`` drawn from ``generator`` tensor by
-    tensor in order (nothing is drawn when ``beta == 0``)."""
+    tensor in order (nothing is drawn when ``beta == 0``). Returns ``||beta xi||`` (one norm
+    over all tensors) as a 0-d tensor."""
+    squares = torch.zeros((), dtype=torch.float32, device=grads[0].device if grads else None)
     if beta == 0.0:
-        return
+        return squares
     for g in grads:
-        g.add_(torch.randn(g.shape, generator=generator, device=g.device, dtype=g.dtype), alpha=beta)
+        xi = torch.randn(g.shape, generator=generator, device=g.device, dtype=g.dtype)
+        squares = squares + xi.float().square().sum()
+        g.add_(xi, alpha=beta)
+    return abs(beta) * squares.sqrt()

@@ -1,26 +1,28 @@
-"""Speed settings of a job on CUDA: bf16 autocast, TF32 matrix products, ``torch.compile``."""
+"""Numerical and speed settings of a job: autocast, TF32 matrix products, ``torch.compile``."""
 
 from __future__ import annotations
 
 import torch
 
 from sage_bench.algorithms.base import Algorithm
+from sage_bench.precision import Precision
 
 
-def accelerate(
-    algorithm: Algorithm, device: torch.device, autocast: str = "bf16", tf32: bool = True, compile: bool = False
-) -> None:
-    """Apply the job's speed settings.
+def accelerate(algorithm: Algorithm, device: torch.device, precision: Precision, compile: bool = False) -> None:
+    """Apply a job's resolved ``precision`` (``JobSpec.resolved_precision``) and ``compile``.
 
-    On CUDA, ``autocast="bf16"`` sets ``algorithm.autocast_dtype`` so the algorithm's forward
-    passes (and evaluation) run in bf16 mixed precision, and ``tf32`` allows TF32 in matrix
-    products and convolutions. On the CPU both are ignored, so CPU runs stay exact and
-    reproducible. ``compile`` compiles the network in place (its parameters and state dict
-    keep their names).
+    Sets the algorithm's training and evaluation autocast dtypes (on any device: CPU bf16
+    autocast is what ``precision.*=bf16`` asks for there) and, for algorithms with a
+    Newton-Schulz iteration, its ``polar_dtype``; on CUDA, switches TF32 matrix products and
+    convolutions on or off. ``compile`` compiles the network in place (its parameters and state
+    dict keep their names).
     """
+    algorithm.autocast_dtype = precision.train
+    algorithm.eval_autocast_dtype = precision.eval
+    if hasattr(algorithm, "polar_dtype"):
+        algorithm.polar_dtype = precision.polar
     if device.type == "cuda":
-        algorithm.autocast_dtype = torch.bfloat16 if autocast == "bf16" else None
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        torch.backends.cudnn.allow_tf32 = tf32
+        torch.backends.cuda.matmul.allow_tf32 = precision.tf32
+        torch.backends.cudnn.allow_tf32 = precision.tf32
     if compile:
         algorithm.network.compile()

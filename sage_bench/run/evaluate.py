@@ -11,7 +11,7 @@ from sage_bench.algorithms.base import Algorithm
 @torch.no_grad()
 def accuracy(algorithm: Algorithm, loader: DataLoader, device: torch.device) -> float:
     """Fraction of examples whose arg-max logit is the label, in eval mode (train mode restored),
-    with the algorithm's mixed precision (``algorithm.autocast()``)."""
+    with the algorithm's evaluation precision (``algorithm.eval_autocast()``)."""
     was_training = algorithm.training
     algorithm.eval()
     correct = 0
@@ -20,7 +20,7 @@ def accuracy(algorithm: Algorithm, loader: DataLoader, device: torch.device) -> 
         for x, y in loader:
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
-            with algorithm.autocast():
+            with algorithm.eval_autocast():
                 logits = algorithm.predict(x)
             correct += (logits.argmax(dim=1) == y).sum().item()
             total += len(y)

@@ -28,6 +28,7 @@ from sage_bench.data.loaders import eval_loader, infinite_loader
 from sage_bench.data.splits import split_environments
 from sage_bench.models import backbone_preprocess, build_network
 from sage_bench.optim import build_optimizer
+from sage_bench.precision import FIDELITY_WARNING, Precision
 from sage_bench.records import (
     ERROR_FILE,
     LOG_FILE,
@@ -54,10 +55,15 @@ _SCHEDULER_VARIABLES = (
 
 
 class _TqdmHandler(logging.Handler):
-    """Log lines printed above the progress bar instead of through it."""
+    """Log lines printed above the progress bar instead of through it; warnings and errors go
+    to standard error."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        tqdm.write(self.format(record), file=sys.stdout)
+        tqdm.write(self.format(record), file=sys.stderr if record.levelno >= logging.WARNING else sys.stdout)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the weights became NaN or infinite; the last checkpoint (all finite) is kept."""
 
 
 @contextmanager
@@ -215,7 +221,8 @@ def _train(
     optimizer = build_optimizer(spec.optimizer, network.parameters(), hparams, **spec.optimizer_options)
     algorithm = build_algorithm(spec.algorithm, network, optimizer, hparams, family=dataset.HPARAM_FAMILY)
     algorithm.train()
-    accelerate(algorithm, device, autocast=spec.autocast, tf32=spec.tf32, compile=spec.compile)
+    precision = spec.resolved_precision()
+    accelerate(algorithm, device, precision, compile=spec.compile)
 
     probe = None  # the cosine with the held-out domains' gradient (Figure 5), when asked for
     if spec.test_grad_cosine_freq:
@@ -228,6 +235,8 @@ def _train(
     log.info(_format_row(header))
 
     interval: dict[str, list[float]] = defaultdict(list)
+    fidelity_warned = False
+    saved_step = start_step  # the step the last checkpoint resumes at (0: none)
     if resume:
         ckpt.restore_checkpoint(resume, algorithm, optimizer)  # the RNGs too: nothing random may follow
         interval.update(resume.interval)
@@ -252,14 +261,16 @@ def _train(
         ]
         if probe is not None and step % spec.test_grad_cosine_freq == 0:
             start += probe.measure(step, algorithm, minibatches)  # not part of the step's time
+        last = step == spec.steps - 1
+        algorithm.measure_fidelity = step % spec.checkpoint_freq == 0 or last
         stats = algorithm.update(minibatches)
+        _check_finite(stats, step, saved_step)
         interval["step_time"].append(time.time() - start)
         for key, value in stats.items():
             interval[key].append(float(value))
         if "loss" in stats:
             bar.set_postfix(loss=f"{stats['loss']:.4f}", refresh=False)
 
-        last = step == spec.steps - 1
         if step % spec.checkpoint_freq == 0 or last:
             record: dict = {"step": step, "epoch": step / steps_per_epoch}
             for key, values in interval.items():
@@ -274,6 +285,10 @@ def _train(
             append_record(job_dir, record)
             tracker.log({k: v for k, v in record.items() if k not in ("hparams", "args")}, step)
             interval = defaultdict(list)
+            fidelity = record.get("perturbation_fidelity")
+            if fidelity is not None and fidelity < FIDELITY_WARNING and not fidelity_warned:
+                log.warning(_fidelity_warning(spec, precision, fidelity, step))
+                fidelity_warned = True
             log.info(
                 _format_row(
                     [
@@ -287,7 +302,9 @@ def _train(
                 )
             )
         if not last and (step % spec.checkpoint_freq == 0 or stop.received is not None):
+            _check_finite_weights(algorithm, step, saved_step)  # never checkpoint broken weights
             ckpt.save_checkpoint(job_dir, spec.job_id, step + 1, algorithm, optimizer, interval)
+            saved_step = step + 1
             if stop.received is not None:
                 raise ckpt.JobInterrupted(stop.received, step + 1)
     bar.close()
@@ -297,3 +314,42 @@ def _train(
     mark_done(job_dir)
     ckpt.discard_checkpoint(job_dir)
     log.info(f"done: {job_dir}")
+
+
+def _kept(saved_step: int) -> str:
+    if saved_step == 0:
+        return "no checkpoint was saved yet"
+    return f"the last checkpoint (before step {saved_step}) is kept; running the job again resumes from it"
+
+
+def _check_finite(stats: dict[str, float], step: int, saved_step: int) -> None:
+    """Stop the job when a loss the update returned is NaN or infinite."""
+    for key, value in stats.items():
+        if key.endswith("loss") and not np.isfinite(value):
+            raise TrainingDiverged(
+                f"the training {key} became {value} at step {step}; {_kept(saved_step)}. "
+                "A smaller hparams.lr, or a closer look at the data, usually helps"
+            )
+
+
+def _check_finite_weights(algorithm: torch.nn.Module, step: int, saved_step: int) -> None:
+    """Stop the job when a weight is NaN or infinite (checked before each checkpoint is saved)."""
+    tensors = [p.detach() for p in algorithm.parameters() if p.is_floating_point()]
+    # the largest magnitude of each tensor: finite unless an element is not (a 2-norm overflows)
+    if tensors and not torch.isfinite(torch.stack(torch._foreach_norm(tensors, ord=float("inf")))).all():
+        raise TrainingDiverged(f"the weights became NaN or infinite at step {step}; {_kept(saved_step)}")
+
+
+def _fidelity_warning(spec: JobSpec, precision: Precision, fidelity: float, step: int) -> str:
+    computed = precision.describe()
+    if precision.train is not None:
+        change = f"precision.train={spec.precision['train']} computes in {computed['train']}: set precision.train=fp32"
+    elif precision.tf32:
+        change = f"tf32={spec.tf32} rounds matrix products to TF32: set tf32=false"
+    else:
+        change = "the perturbation is below float32's resolution of the weights: increase hparams.rho"
+    return (
+        f"warning: perturbation_fidelity {fidelity:.3f} < {FIDELITY_WARNING} at step {step}: the forward pass "
+        f"computes with little of the perturbation {spec.algorithm} intends (rho={spec.hparams.get('rho')}); "
+        f"{change} (or leave precision.train and tf32 at auto)"
+    )
