@@ -7,6 +7,8 @@ the text tower is freed. With a ``linear`` head it is freed at once.
 
 ``weights`` names open_clip's pretrained tag (``openai`` for the paper's CLIP ViT-B/16); the file
 is found by ``sage_bench.models.weights.resolve_weights`` (``pretrained=/path/file`` overrides).
+OpenAI's weights were trained with QuickGELU; the model built for them always has it
+(``uses_quick_gelu``), whatever open_clip's version says.
 ``weights=None`` gives random initialisation, which with ``model_overrides`` (e.g. a tiny
 ``vision_cfg``/``text_cfg``) builds small models that run the same code on a CPU in tests.
 """
@@ -57,6 +59,35 @@ def clip_weight_file(model: str, weights: str) -> WeightFile:
     filenames = (parts[2],) if len(parts) > 2 else ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
     url = None if repo else cfg.get("url") or None  # open_clip prefers the hub copy
     return WeightFile(f"CLIP {model} ({weights})", hf_repo=repo, hf_filenames=filenames, url=url)
+
+
+def uses_quick_gelu(model: str, weights: str | None) -> bool:
+    """Whether the model for ``weights`` needs QuickGELU (``x * sigmoid(1.702 x)``) in place of GELU.
+
+    OpenAI trained its CLIP models with QuickGELU. open_clip records that in the pretrained
+    config (``quick_gelu``) only from version 2.29 on; before, a model built for an OpenAI weight
+    file (not through open_clip's own ``pretrained="openai"`` path) gets GELU and loads the weights
+    without complaint, with silently wrong features. So QuickGELU is forced for ``openai``
+    weights on every version, and used wherever open_clip's config asks for it.
+    """
+    if weights is None:
+        return False
+    return weights == "openai" or bool(_pretrained_cfg(model, weights).get("quick_gelu", False))
+
+
+def create_clip_model(
+    model: str, weights: str | None, checkpoint: str | None, model_overrides: Mapping[str, Any] | None = None
+) -> nn.Module:
+    """open_clip's ``model`` with QuickGELU where ``weights`` need it, loaded from ``checkpoint``
+    (a file; ``None``: random initialisation)."""
+    import open_clip
+
+    return open_clip.create_model(
+        model,
+        pretrained=checkpoint,
+        force_quick_gelu=uses_quick_gelu(model, weights),
+        **dict(model_overrides or {}),
+    )
 
 
 def clip_preprocess(
@@ -155,18 +186,11 @@ def build_clip(
     """
     import open_clip
 
-    cfg = _pretrained_cfg(model, weights)
-    kwargs = dict(model_overrides or {})
     checkpoint = None
     if weights is not None:
         checkpoint = str(resolve_weights(clip_weight_file(model, weights), pretrained))
     elif pretrained is not None:
         raise ConfigError("backbone.pretrained is set but backbone.weights is null; name the weights, e.g. weights=openai")
-    clip_model = open_clip.create_model(
-        model,
-        pretrained=checkpoint,
-        force_quick_gelu=bool(cfg.get("quick_gelu", False)),
-        **kwargs,
-    )
+    clip_model = create_clip_model(model, weights, checkpoint, model_overrides)
     tokenizer = open_clip.get_tokenizer(model, context_length=clip_model.context_length)
     return CLIPImageEncoder(clip_model, tokenizer, prompts)
