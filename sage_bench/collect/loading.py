@@ -143,3 +143,31 @@ def mixed_settings(records: list[dict]) -> list[str]:
         for (dataset, algorithm, key), seen in values.items()
         if len(seen) > 1
     ]
+
+
+def bf16_perturbation_runs(records: list[dict]) -> list[str]:
+    """Warnings for runs of algorithms that perturb weights (the SAM family, SAGE) trained on
+    CUDA under bf16 autocast, the default before ``precision.*`` existed (their records carry
+    ``args.autocast == "bf16"``): the forward pass rounded most of their perturbation away, so
+    they did not compute their published update (see ``sage_bench.precision``)."""
+    from sage_bench.algorithms.registry import algorithms
+
+    registered = algorithms()
+    runs: dict[str, set[str]] = defaultdict(set)
+    for r in records:
+        args = r["args"]
+        name = args["algorithm"]
+        if (
+            args.get("autocast") == "bf16"
+            and str(args.get("device", "")).startswith("cuda")
+            and name in registered
+            and registered[name].cls.perturbs_weights
+        ):
+            runs[name].add(str(args.get("output_dir") or args.get("job_id")))
+    return [
+        f"{algorithm}: {len(folders)} run(s) trained on CUDA under bf16 autocast (records with "
+        "autocast: bf16), where the forward pass loses most of the weight perturbation; they are not "
+        f"{algorithm}'s published update. Train them again into a new output_dir (the default now "
+        "computes them in float32), or delete their folders first"
+        for algorithm, folders in sorted(runs.items())
+    ]

@@ -11,9 +11,11 @@ from sage_bench.collect.selection import SELECTION_METHODS
 from sage_bench.collect.tables import (
     AVERAGES,
     COLUMNS,
+    PAPER_PROTOCOLS,
     TABLE1_DATASETS,
     environment_names,
     header,
+    paper_protocols,
     paper_table1,
     pivot,
     results_frame,
@@ -33,15 +35,18 @@ def selections(name: str) -> list[str]:
 
 
 def tidy(records: list[dict], methods: list[str], compare_paper: bool = False) -> pd.DataFrame:
-    """All tidy rows of the given selection methods (and the paper's Table 1 rows, with
-    ``selection = "paper"``, when ``compare_paper``)."""
+    """All tidy rows of the given selection methods; with ``compare_paper``, also the paper's
+    Table 1 rows (``selection = "paper"``) and a ``protocol`` column saying whose protocol each
+    paper row comes from (``PAPER_PROTOCOLS``; empty for this collection's own rows)."""
     frames = [results_frame(records, m) for m in methods]
-    if compare_paper:
-        rows = []
-        for algorithm, cells in paper_table1().items():
-            for env, value in cells.items():
-                rows.append(["paper", AVERAGES, algorithm, env, value, math.nan, pd.NA])
-        frames.append(pd.DataFrame(rows, columns=COLUMNS).astype({"trials": "Int64"}))
+    if not compare_paper:
+        return pd.concat(frames, ignore_index=True)
+    rows = []
+    protocols = paper_protocols()
+    for algorithm, cells in paper_table1().items():
+        for env, value in cells.items():
+            rows.append(["paper", AVERAGES, algorithm, env, value, math.nan, pd.NA, PAPER_PROTOCOLS[protocols[algorithm]]])
+    frames.append(pd.DataFrame(rows, columns=[*COLUMNS, "protocol"]).astype({"trials": "Int64"}))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -64,10 +69,13 @@ def _format_table1(table: pd.DataFrame) -> pd.DataFrame:
             return "X"
         return f"{value:+.1f}" if signed else f"{value:.1f}"
 
+    protocols = paper_protocols()
     rows = {}
     for algorithm, row in table.iterrows():
+        protocol = protocols.get(str(algorithm))
+        paper = f"{algorithm} (paper, {protocol}'s protocol)" if protocol else f"{algorithm} (paper)"
         rows[algorithm] = [fmt(row[c]) for c in columns]
-        rows[f"{algorithm} (paper)"] = [fmt(row[f"{c} (paper)"]) for c in columns]
+        rows[paper] = [fmt(row[f"{c} (paper)"]) for c in columns]
         rows[f"{algorithm} (diff)"] = [fmt(row[f"{c} (diff)"], signed=True) for c in columns]
     printed = pd.DataFrame.from_dict(rows, orient="index", columns=columns)
     printed.index.name = "Algorithm"
@@ -95,4 +103,19 @@ def render(records: list[dict], selection: str = "training-domain", fmt: str = "
         if compare_paper:
             title = f"Table 1 beside the paper's, model selection method: {method}"
             parts.append(_table_text(_format_table1(table1_frame(frame, compare_paper=True)), fmt, title))
+            parts.append(_protocol_note(fmt))
     return "\n".join(parts)
+
+
+def _protocol_note(fmt: str) -> str:
+    """What the paper rows' protocols are, under the table in every printed format."""
+    lines = [f"{name}'s protocol: {text.split(': ', 1)[1]}" for name, text in PAPER_PROTOCOLS.items()]
+    lines.append(
+        "A difference beside a row of BOA's protocol compares two protocols; only SAGE's paper row "
+        "used the protocol sage-bench runs."
+    )
+    if fmt == "markdown":
+        return "\n".join(f"- {line}" for line in lines) + "\n"
+    if fmt == "latex":  # printed under the tabular, not a comment
+        return "\n".join(f"{{\\footnotesize {line}\\par}}" for line in lines) + "\n"
+    return "\n".join(lines) + "\n"

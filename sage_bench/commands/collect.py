@@ -43,7 +43,7 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sage_bench.collect import find_runs, render
-    from sage_bench.collect.loading import mixed_settings
+    from sage_bench.collect.loading import bf16_perturbation_runs, mixed_settings
     from sage_bench.errors import UserError
 
     with warnings.catch_warnings(record=True) as caught:
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         if args.completed_only:
             raise UserError(f"no finished run with records under {where}; drop --completed-only to include unfinished runs")
         raise UserError(f"no usable records under {where}: the results files are empty or unreadable (see the warnings)")
-    for message in mixed_settings(records):
+    for message in [*mixed_settings(records), *bf16_perturbation_runs(records)]:
         print(f"warning: {message}", file=sys.stderr)
     text = render(records, args.selection, args.format, args.compare_paper)
     if args.output:
