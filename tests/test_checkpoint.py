@@ -261,15 +261,23 @@ def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
     assert not (tmp_path / (ckpt.CHECKPOINT_FILE + ".tmp")).exists()
 
 
-def test_second_ctrl_c_stops_at_once():
-    with ckpt.StopSignals() as stop:
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(0.01)
-        assert stop.received == signal.SIGINT
-        with pytest.raises(KeyboardInterrupt):
+@pytest.mark.parametrize("found", [signal.default_int_handler, signal.SIG_IGN], ids=["interactive", "background"])
+def test_second_ctrl_c_stops_at_once(found):
+    """A job takes Ctrl-C whatever SIGINT handler the process started with (started in the
+    background, by nohup-like tools or some CI runners, SIGINT is ignored) and gives back the
+    one it found."""
+    started_with = signal.signal(signal.SIGINT, found)
+    try:
+        with ckpt.StopSignals() as stop:
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.01)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            assert stop.received == signal.SIGINT
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.01)
+        assert signal.getsignal(signal.SIGINT) is found
+    finally:
+        signal.signal(signal.SIGINT, started_with)
 
 
 def test_a_job_runs_in_one_process_at_a_time(tmp_path):
