@@ -349,6 +349,28 @@ def test_table1_beside_the_paper():
     assert float(fish.loc["Avg", "mean"]) == pytest.approx(np.mean([96.9, 82.7, 85.0, 58.0, 59.1]), abs=1e-4)
 
 
+def test_every_paper_row_is_labelled_by_its_protocol_in_every_format():
+    from sage_bench.collect.tables import PAPER_PROTOCOLS, paper_protocols
+
+    protocols = paper_protocols()
+    assert len(protocols) == 17 and protocols["SAGE"] == "SAGE"
+    assert {a for a, p in protocols.items() if p == "BOA"} == set(protocols) - {"SAGE"}  # Table 1's caption: from [51]
+    records = _five_datasets("ERM", [0.96, 0.82, 0.84, 0.56, 0.60]) + _five_datasets("SAGE", [0.9] * 5)
+    for fmt in ("csv", "json"):
+        text = render(records, "training-domain", fmt, compare_paper=True)
+        frame = pd.read_csv(io.StringIO(text), keep_default_na=False) if fmt == "csv" else pd.DataFrame(json.loads(text))
+        paper = frame[frame.selection == "paper"]
+        assert paper.algorithm.nunique() == 17
+        for algorithm, rows in paper.groupby("algorithm"):
+            assert set(rows.protocol) == {PAPER_PROTOCOLS[protocols[algorithm]]}
+        assert all(p == "" or pd.isna(p) for p in frame[frame.selection != "paper"].protocol)  # our own rows
+    for fmt in ("text", "markdown", "latex"):
+        text = render(records, "training-domain", fmt, compare_paper=True)
+        assert "ERM (paper, BOA's protocol)" in text and "SAGE (paper, SAGE's protocol)" in text
+        assert "visual prompt tuning, test-domain model selection" in text  # the legend under the table
+    assert "protocol" not in render(records, "training-domain", "csv").splitlines()[0]
+
+
 # ---------------------------------------------------------------- reading folders and the command
 
 

@@ -68,3 +68,19 @@ def test_overrides_are_checked():
 def test_drawn_values_are_plain_python():
     drawn = hp.resolve_hparams("ERM", "RotatedDigits", hparams_seed=3, trial_seed=0)
     assert all(type(v) in (int, float, bool, str) for v in drawn.values())
+
+
+def test_gsam_and_sagm_alpha_follow_their_sources_per_backbone_and_data_set():
+    from sage_bench.config import load_job
+
+    # GSAM: its ViT-B/16 setting under CLIP, the DomainBed forks' value otherwise
+    assert hp.resolve_hparams("GSAM", "PACS", 0, 0, backbone="clip_vit_b16")["alpha"] == 0.4
+    assert hp.resolve_hparams("GSAM", "PACS", 0, 0, backbone="resnet50")["alpha"] == 0.001
+    assert load_job(["experiment=paper_domainbed", "dataset=VLCS", "algorithm=GSAM"]).hparams["alpha"] == 0.4
+    # SAGM: the authors' per-data-set values, whatever the backbone
+    for dataset, alpha in [("PACS", 1e-3), ("VLCS", 1e-3), ("OfficeHome", 5e-4), ("TerraIncognita", 1e-3), ("DomainNet", 5e-4)]:
+        for backbone in ("clip_vit_b16", "resnet50"):
+            assert hp.resolve_hparams("SAGM", dataset, 0, 0, backbone=backbone)["alpha"] == alpha
+    # random search stays inside each family's values
+    draws = {hp.resolve_hparams("GSAM", "PACS", s, 0, backbone="clip_vit_b16")["alpha"] for s in range(1, 30)}
+    assert draws <= {0.4, 0.6, 1.0} and len(draws) > 1

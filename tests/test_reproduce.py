@@ -49,8 +49,8 @@ def test_table1_rejects_job_overrides(capsys):
 
 @pytest.mark.slow
 def test_quick_end_to_end_shortened(tmp_path, capsys):
-    overrides = ["steps=3", "checkpoint_freq=2", "hparams.batch_size=8", "device=cpu"]
-    text = reproduce_quick(tmp_path, "ColoredDigits", overrides)
+    overrides = ["steps=3", "checkpoint_freq=2", "hparams.batch_size=8", "device=cpu", "progress=false"]
+    text = reproduce_quick(tmp_path, "ColoredDigits", overrides, workers=2)
     for name in ("table.md", "table.csv", "accuracy_by_domain.png", "training_curves.png"):
         assert (tmp_path / name).stat().st_size > 0
     frame = pd.read_csv(io.StringIO((tmp_path / "table.csv").read_text()), keep_default_na=False)
@@ -59,6 +59,35 @@ def test_quick_end_to_end_shortened(tmp_path, capsys):
     assert set(cells["algorithm"]) == set(TABLE1_ALGORITHMS)
     assert all(0 <= float(m) <= 100 for m in cells["mean"])
     assert "Dataset: ColoredDigits" in text
+    caveat = "one trial, not converged (3 steps): a smoke test of the pipeline, not a comparison"
+    assert caveat in text and caveat in (tmp_path / "table.md").read_text()
     capsys.readouterr()
     reproduce_quick(tmp_path, "ColoredDigits", overrides)  # again: nothing to run
     assert "18 jobs (18 already done)" in capsys.readouterr().out
+
+
+def test_quick_caveat():
+    from sage_bench.reproduce import CONVERGED_STEPS, CONVERGED_TRIALS, quick_caveat
+
+    assert quick_caveat(200, 1).startswith("one trial, not converged (200 steps): a smoke test")
+    assert quick_caveat(CONVERGED_STEPS, 2).startswith("2 trials: a smoke test")
+    assert quick_caveat(CONVERGED_STEPS, CONVERGED_TRIALS) is None
+
+
+@pytest.mark.slow
+def test_quick_jobs_run_in_parallel_workers_and_trials_add_jobs(tmp_path, capsys):
+    overrides = ["steps=2", "checkpoint_freq=1", "hparams.batch_size=8", "device=cpu", "progress=false"]
+    reproduce_quick(tmp_path, "ColoredDigits", overrides, trials=2, workers=2)
+    out = capsys.readouterr().out
+    assert "36 jobs (0 already done)" in out and "2 at a time" in out
+    frame = pd.read_csv(io.StringIO((tmp_path / "table.csv").read_text()), keep_default_na=False)
+    cells = frame[(frame.dataset == "ColoredDigits") & (frame.env != "Avg")]
+    assert (cells["trials"] == "2").all()
+    logs = [path.read_text() for path in (tmp_path / "runs").glob("*/out.txt")]
+    workers = {line.split("(pid ")[1].rstrip(")") for text in logs for line in text.splitlines() if "(pid " in line}
+    assert len(logs) == 36 and len(workers) == 2  # every job ran in one of the two worker processes
+
+
+def test_quick_rejects_nonsense(capsys):
+    assert main(["reproduce", "quick", "--trials", "0"]) == 2
+    assert "--trials must be at least 1" in capsys.readouterr().err
