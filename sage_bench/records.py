@@ -6,7 +6,10 @@ A job writes, in its own folder (DomainBed's layout, so DomainBed's ``collect_re
   algorithm's ``update`` returned (averaged since the previous checkpoint), ``env{i}_in_acc`` and
   ``env{i}_out_acc`` for every environment, ``step_time``, ``mem_gb``, ``hparams`` and ``args``
   (``args`` holds DomainBed's argument names: ``dataset``, ``algorithm``, ``test_envs``,
-  ``hparams_seed``, ``trial_seed``, ``seed``, ...);
+  ``hparams_seed``, ``trial_seed``, ``seed``, ..., and ``computed_in``, the precision the job
+  ran in; records written before ``precision.*`` existed hold ``autocast`` instead). Algorithms
+  that perturb weights add ``grad_change``, ``perturbation_fidelity`` (measured on the step of
+  the record) and, for SAGE, ``noise_ratio`` (``sage_bench.precision``);
 - ``done``: written last, when the job finished;
 - ``out.txt`` / ``err.txt``: the log and, for a failed job, the error.
 """

@@ -9,7 +9,7 @@ from pathlib import Path
 EPILOG = """\
 examples:
   sage-bench reproduce quick                       # a few minutes on 2 CPU cores -> results/quick/
-  sage-bench reproduce quick --trials 3 --steps 1000   # close to converged (see the README for its time)
+  sage-bench reproduce quick --trials 3 --steps 600    # close to converged (see the README for its time)
   sage-bench reproduce table1 --dry-run            # jobs and estimated GPU-hours per data set
   sage-bench reproduce table1 --data-dir /data --output-dir /shared/sweeps/table1 \\
       --launcher slurm launcher.partition=gpu launcher.gres=gpu:3g.40gb:1 launcher.timeout_min=240
@@ -46,7 +46,7 @@ def add_parser(subparsers) -> None:
         help="all six algorithms on RotatedDigits, leave-one-domain-out, on the CPU",
         description="All six algorithms on an embedded data set, each environment held out in turn, "
         "one job per core at a time. The default (1 trial, 200 steps) is a smoke test of the pipeline; "
-        "--trials 3 --steps 1000 is close to converged.",
+        "--trials 3 --steps 600 is close to converged.",
     )
     quick.add_argument("--results-dir", type=Path, default=Path("results/quick"))
     quick.add_argument("--dataset", default="RotatedDigits", choices=["RotatedDigits", "ColoredDigits"])
