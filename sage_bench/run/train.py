@@ -343,13 +343,16 @@ def _check_finite_weights(algorithm: torch.nn.Module, step: int, saved_step: int
 def _fidelity_warning(spec: JobSpec, precision: Precision, fidelity: float, step: int) -> str:
     computed = precision.describe()
     if precision.train is not None:
-        change = f"precision.train={spec.precision['train']} computes in {computed['train']}: set precision.train=fp32"
+        change = (
+            f"precision.train={spec.precision['train']} computes in {computed['train']}: set precision.train=fp32 "
+            "(or leave it at auto)"
+        )
     elif precision.tf32:
-        change = f"tf32={spec.tf32} rounds matrix products to TF32: set tf32=false"
+        change = f"tf32={spec.tf32} rounds matrix products to TF32: set tf32=false (or leave it at auto)"
     else:
         change = "the perturbation is below float32's resolution of the weights: increase hparams.rho"
     return (
         f"warning: perturbation_fidelity {fidelity:.3f} < {FIDELITY_WARNING} at step {step}: the forward pass "
         f"computes with little of the perturbation {spec.algorithm} intends (rho={spec.hparams.get('rho')}); "
-        f"{change} (or leave precision.train and tf32 at auto)"
+        f"{change}"
     )
