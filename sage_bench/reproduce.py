@@ -25,15 +25,20 @@ def resolve_algorithms(names: Sequence[str] | None = None) -> list[str]:
     """The algorithms to run: ``None`` gives the paper's six (``TABLE1_ALGORITHMS``), ``["all"]``
     every registered domain-generalization algorithm in Table 1's row order; other names are
     checked against the registry (an unknown one is an error listing the valid names)."""
-    from sage_bench.algorithms.registry import DOMAIN_GENERALIZATION, algorithms, get_algorithm
+    from sage_bench.algorithms.registry import DOMAIN_GENERALIZATION, algorithms
     from sage_bench.collect.tables import algorithm_order
 
     if not names:
         return list(TABLE1_ALGORITHMS)
+    valid = algorithms(DOMAIN_GENERALIZATION)
     if list(names) == ["all"]:
-        return algorithm_order(algorithms(DOMAIN_GENERALIZATION))
+        return algorithm_order(valid)
     for name in names:
-        get_algorithm(name)
+        if name not in valid:
+            raise UserError(
+                f"unknown algorithm {name!r}; valid choices: {', '.join(sorted(valid))} "
+                "(domain-generalization algorithms; multi-task rows go to reproduce table2 and quick-mtl)"
+            )
     return list(dict.fromkeys(names))
 
 
