@@ -83,7 +83,9 @@ def test_reproduce_table2_plans_every_registered_row_in_table_2s_order(tmp_path)
     jobs = table2_sweep(tmp_path, trials=3).jobs()
     rows = list(dict.fromkeys(job.spec.algorithm for job in jobs))
     assert set(rows) == set(algorithms(MULTI_TASK))
-    assert rows[:4] == ["STL", "LS", "MGDA", "FairGrad"] and rows.index("SAMO-LS") < rows.index("SAGE-LS")
+    assert rows[:2] == ["STL", "LS"]
+    some = ["MGDA", "PCGrad", "FairGrad", "SAMO-LS", "SAGE-LS", "SAGE-SAMO-LS"]  # in Table 2's order
+    assert [r for r in rows if r in some] == some
     assert {job.spec.dataset for job in jobs} == {"NYUv2", "Cityscapes"}
     assert all(job.spec.epochs == 200 and job.spec.backbone_options == {"width": "paper"} for job in jobs)
 
