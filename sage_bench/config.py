@@ -133,6 +133,8 @@ def _explain_composition_error(exc: Exception) -> str:
     if isinstance(exc, MissingConfigException) and exc.missing_cfg_file:
         group, _, name = exc.missing_cfg_file.rpartition("/")
         options = ", ".join(sorted(exc.options or []))
+        if group == "algorithm":
+            options = _algorithm_choices()
         if group:
             return f"unknown {group} {name!r}; valid choices: {options}"
         return f"missing config file {exc.missing_cfg_file!r}"
@@ -160,8 +162,20 @@ def _store_algorithm_configs() -> None:
     from sage_bench.algorithms.registry import algorithms
 
     store = ConfigStore.instance()
-    for name in algorithms():
+    registered = algorithms()
+    stored = store.repo.get("algorithm", {})
+    for stale in [f for f in stored if f.removesuffix(".yaml") not in registered]:
+        del stored[stale]  # unregistered since the last composition
+    for name in registered:
         store.store(group="algorithm", name=name, node={"name": name})
+
+
+def _algorithm_choices() -> str:
+    """The registered algorithm names, grouped by the kind of task they solve."""
+    from sage_bench.algorithms.registry import algorithms
+
+    kinds = {DOMAIN_GENERALIZATION: "domain generalization", MULTI_TASK: "multi-task"}
+    return "; ".join(f"{', '.join(sorted(algorithms(task)))} ({kind})" for task, kind in kinds.items())
 
 
 def plugin_modules(overrides: Sequence[str]) -> list[str]:
@@ -629,7 +643,7 @@ def _check_task(algorithm: str, dataset: str, task: str) -> None:
 
     registered = algorithms()
     if algorithm not in registered or registered[algorithm].task == task:
-        return  # an unknown name is reported with the valid ones when the hyperparameters resolve
+        return  # an unknown name is reported with the valid ones when the configuration composes
     kinds = {DOMAIN_GENERALIZATION: "domain-generalization", MULTI_TASK: "multi-task"}
     own = registered[algorithm].task
     datasets = [name for name in ALL_DATASET_NAMES if dataset_task(name) == own]

@@ -4,6 +4,7 @@ hyperparameter registry and ``build_algorithm``."""
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -95,6 +96,19 @@ def test_a_new_registration_is_a_config_choice_and_duplicates_are_refused(tmp_pa
 def test_unknown_algorithm_lists_the_registered_ones(tmp_path):
     with pytest.raises(ConfigError, match="unknown algorithm 'Nope'.*ERM.*SAGE"):
         load_job(["algorithm=Nope", f"output_dir={tmp_path}"])
+
+
+def test_the_choices_are_grouped_by_task_and_follow_the_registry(tmp_path):
+    register_algorithm("GoneForTest")(type("Gone", (_Echo,), {}))
+    try:
+        assert load_job(["algorithm=GoneForTest", f"output_dir={tmp_path}"]).algorithm == "GoneForTest"
+    finally:
+        del _REGISTRY["GoneForTest"]
+    with pytest.raises(ConfigError) as refused:
+        load_job(["algorithm=GoneForTest", f"output_dir={tmp_path}"])
+    message = str(refused.value)
+    assert "GoneForTest" not in message.split("valid choices:")[1]
+    assert re.search(r"valid choices: CDANN, CORAL, .*, VREx \(domain generalization\); CAGrad, .*LS, MGDA.*\(multi-task\)$", message)
 
 
 def test_algorithms_that_take_gradients_at_perturbed_weights_say_so():
