@@ -6,7 +6,6 @@ a ``ConfigError`` whose message names the bad key or value and lists the valid c
 
 from __future__ import annotations
 
-import inspect
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
@@ -17,7 +16,7 @@ import torch
 from hydra import compose, initialize_config_module
 from hydra.core.config_store import ConfigStore
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
-from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
 from sage_bench import hparams as hp
@@ -33,7 +32,6 @@ CONFIG_MODULE = "sage_bench.configs"
 EVAL_SPLITS = ("all", "selection")
 EVAL_CACHE_MODES = ("auto", "off", "require")
 EVAL_BATCH_SIZE = 128  # domain generalization's evaluation batch when eval_batch_size is null
-LR_GAMMA = 0.5  # multi-task jobs: StepLR's factor when lr_gamma is null (the lineage's)
 
 
 @dataclass
@@ -489,17 +487,19 @@ def job_from_config(cfg: DictConfig) -> JobSpec:
     task = dataset_task(dataset)
     if task is None:
         raise ConfigError(f"unknown dataset {dataset!r}; valid choices: {', '.join(sorted(ALL_DATASET_NAMES))}")
-    _check_task(cfg.algorithm.name, dataset, task)
+    from sage_bench import config_mtl  # the multi-task half, which builds on this module
+
+    config_mtl.check_task(cfg.algorithm.name, dataset, task)
     if task == MULTI_TASK:
-        return _multitask_job(cfg)
-    _refuse_other_task_keys(cfg, dataset, MULTITASK_ONLY)
+        return config_mtl.multitask_job(cfg)
+    config_mtl.refuse_other_task_keys(cfg, dataset, config_mtl.MULTITASK_ONLY)
     dataset_cls = get_dataset_class(dataset)
     n_envs = len(dataset_cls.ENVIRONMENTS)
 
     if cfg.backbone is None:
         raise ConfigError("no backbone chosen")  # compose_job fills in the data set's default
     backbone = cfg.backbone.name
-    if backbone in MULTITASK_BACKBONES:
+    if backbone in config_mtl.MULTITASK_BACKBONES:
         raise ConfigError(
             f"backbone={backbone} is the network of the multi-task data sets; {dataset} takes one of "
             f"{', '.join(sorted(BACKBONES))}"
@@ -603,161 +603,6 @@ def job_from_config(cfg: DictConfig) -> JobSpec:
         wandb=wandb,
         test_grad_cosine_freq=cfg.test_grad_cosine_freq,
         plugins=tuple(cfg.plugins),
-    )
-
-
-MULTITASK_BACKBONES = ("mtan",)
-
-# keys of one kind of job, at the value a job of the other kind must leave them (config.yaml's)
-DG_ONLY: dict[str, tuple[Any, str]] = {
-    "steps": (None, "multi-task jobs train for epochs: set epochs=N"),
-    "checkpoint_freq": (None, "multi-task jobs record and checkpoint every epoch"),
-    "test_envs": ([0], "multi-task data sets have no environments"),
-    "holdout_fraction": (0.2, "multi-task data sets have their own train and val splits"),
-    "eval_splits": ("all", "multi-task jobs evaluate the val split every epoch"),
-    "eval_batch_size": (None, "multi-task jobs evaluate with the training batch size, as the lineage (its depth "
-                        "and normal errors are means over batches, so the batch size changes them)"),
-    "test_grad_cosine_freq": (0, "multi-task data sets have no held-out domain"),
-}  # fmt: skip
-MULTITASK_ONLY: dict[str, tuple[Any, str]] = {
-    "epochs": (None, "domain-generalization jobs count steps: set steps=N"),
-    "lr_step_epochs": (None, "domain-generalization jobs keep a constant learning rate"),
-    "lr_gamma": (None, "domain-generalization jobs keep a constant learning rate"),
-}
-
-
-def _refuse_other_task_keys(cfg: DictConfig, dataset: str, keys: dict[str, tuple[Any, str]]) -> None:
-    """A ``ConfigError`` for a key that belongs to the other kind of job, set away from its default."""
-    for key, (default, reason) in keys.items():
-        value = cfg[key]
-        value = OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
-        if value != default:
-            kind = "multi-task" if dataset_task(dataset) == MULTI_TASK else "domain-generalization"
-            raise ConfigError(f"{key}={value} does not apply to {dataset}, a {kind} data set: {reason}")
-
-
-def _check_task(algorithm: str, dataset: str, task: str) -> None:
-    """A ``ConfigError`` naming both when the algorithm solves the other kind of task than the
-    data set poses, listing the algorithms that fit the data set."""
-    from sage_bench.algorithms.registry import algorithms
-
-    registered = algorithms()
-    if algorithm not in registered or registered[algorithm].task == task:
-        return  # an unknown name is reported with the valid ones when the configuration composes
-    kinds = {DOMAIN_GENERALIZATION: "domain-generalization", MULTI_TASK: "multi-task"}
-    own = registered[algorithm].task
-    datasets = [name for name in ALL_DATASET_NAMES if dataset_task(name) == own]
-    raise ConfigError(
-        f"algorithm={algorithm} is a {kinds[own]} algorithm and dataset={dataset} a {kinds[task]} data set; "
-        f"algorithms for {dataset}: {', '.join(algorithms(task))} "
-        f"({algorithm} runs on {', '.join(datasets)})"
-    )
-
-
-def _dataset_constructor_options(dataset_cls: type, options: dict[str, Any]) -> None:
-    """A multi-task data set's options are its constructor's keywords after (root, augment, seed)."""
-    valid = sorted(list(inspect.signature(dataset_cls.__init__).parameters)[4:])
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise ConfigError(
-            f"unknown option(s) {', '.join('dataset.' + k for k in unknown)} for {dataset_cls.__name__}; "
-            f"valid options: {', '.join(valid) or 'none'}"
-        )
-    try:
-        dataset_cls.check_options(**options)
-    except ValueError as exc:
-        raise ConfigError(f"bad dataset option for {dataset_cls.__name__}: dataset.{exc}") from exc
-
-
-def _multitask_job(cfg: DictConfig) -> JobSpec:
-    """Validate the configuration of a multi-task job (``dataset`` a multi-task data set)."""
-    from sage_bench.models.mtan import WIDTHS
-
-    dataset = cfg.dataset.name
-    dataset_cls = get_dataset_class(dataset)
-    _refuse_other_task_keys(cfg, dataset, DG_ONLY)
-    backbone = cfg.backbone.name if cfg.backbone is not None else dataset_cls.DEFAULT_BACKBONE
-    if backbone not in MULTITASK_BACKBONES:
-        raise ConfigError(
-            f"backbone={backbone} builds a classifier for domain generalization; {dataset} is a multi-task data "
-            f"set and takes backbone={' or '.join(MULTITASK_BACKBONES)}"
-        )
-    backbone_options = _group_options(cfg, "backbone")
-    unknown = sorted(set(backbone_options) - {"width"})
-    if unknown:
-        raise ConfigError(
-            f"unknown option(s) {', '.join('backbone.' + k for k in unknown)} for backbone {backbone!r}; "
-            "valid options: width"
-        )
-    width = backbone_options.get("width") or dataset_cls.MODEL_WIDTH
-    if width not in WIDTHS:
-        raise ConfigError(f"bad value for 'backbone.width': {width!r}; valid choices: {', '.join(WIDTHS)}")
-    backbone_options = {"width": width}
-    algorithm = cfg.algorithm.name
-    for key in ("trial_seed", "hparams_seed"):
-        if cfg[key] < 0:
-            raise ConfigError(f"bad value for {key!r}: must be >= 0, got {cfg[key]}")
-    if cfg.seed is not None and not 0 <= cfg.seed < 2**64:
-        raise ConfigError(f"bad value for 'seed': {cfg.seed} must be in [0, 2**64) (null: the trial seed)")
-    _check_output_dir(Path(cfg.output_dir))
-    epochs = cfg.epochs if cfg.epochs is not None else dataset_cls.N_EPOCHS
-    step = cfg.lr_step_epochs if cfg.lr_step_epochs is not None else dataset_cls.LR_STEP_EPOCHS
-    gamma = float(cfg.lr_gamma) if cfg.lr_gamma is not None else LR_GAMMA
-    for key, value in (("epochs", epochs), ("lr_step_epochs", step)):
-        if value < 1:
-            raise ConfigError(f"bad value for {key!r}: must be >= 1, got {value}")
-    if not (0.0 < gamma <= 1.0):
-        raise ConfigError(f"bad value for 'lr_gamma': must be in (0, 1], got {gamma}")
-    num_workers = cfg.num_workers if cfg.num_workers is not None else dataset_cls.N_WORKERS
-    if num_workers < 0:
-        raise ConfigError(f"bad value for 'num_workers': must be >= 0, got {num_workers}")
-    dataset_options = _group_options(cfg, "dataset")
-    _dataset_constructor_options(dataset_cls, dataset_options)
-    precision = prec.check_precision(OmegaConf.to_container(cfg.precision, resolve=True), cfg.tf32)
-    overrides = OmegaConf.to_container(cfg.hparams, resolve=True)
-    wandb = _wandb_options(cfg.wandb)
-    try:
-        hparams = hp.resolve_hparams(algorithm, dataset, cfg.hparams_seed, cfg.trial_seed, overrides, backbone=backbone)
-    except hp.HParamError as exc:
-        raise ConfigError(str(exc)) from exc
-    overrides = {name: hparams[name] for name in overrides}
-    optimizer_options = _group_options(cfg, "optimizer")
-    _check_optimizer(cfg.optimizer.name, hparams, optimizer_options)
-    return JobSpec(
-        dataset=dataset,
-        dataset_options=dataset_options,
-        backbone=backbone,
-        backbone_options=backbone_options,
-        algorithm=algorithm,
-        optimizer=cfg.optimizer.name,
-        optimizer_options=optimizer_options,
-        test_envs=[],
-        trial_seed=cfg.trial_seed,
-        hparams_seed=cfg.hparams_seed,
-        # the lineage runs every method with --seed 0, 1, 2: a trial's rows start from the same
-        # weights and see the same data order
-        seed=cfg.seed if cfg.seed is not None else cfg.trial_seed,
-        steps=None,
-        checkpoint_freq=None,
-        holdout_fraction=None,
-        hparams=hparams,
-        hparams_overrides=overrides,
-        output_dir=Path(cfg.output_dir),
-        data_dir=Path(cfg.data_dir),
-        device=_resolve_device(cfg.device),
-        num_workers=num_workers,
-        eval_batch_size=hparams["batch_size"],
-        progress=cfg.progress,
-        precision=precision,
-        tf32=cfg.tf32,
-        compile=cfg.compile,
-        save_final_model=cfg.save_final_model,
-        wandb=wandb,
-        plugins=tuple(cfg.plugins),
-        task=MULTI_TASK,
-        epochs=epochs,
-        lr_step_epochs=step,
-        lr_gamma=gamma,
     )
 
 

@@ -273,7 +273,8 @@ def test_records_are_json_with_nan_where_the_lineage_gives_nan(tmp_path):
 def test_the_keys_of_one_kind_of_job_default_to_what_the_other_kind_needs():
     from omegaconf import OmegaConf
 
-    from sage_bench.config import DG_ONLY, MULTITASK_ONLY, compose_config
+    from sage_bench.config import compose_config
+    from sage_bench.config_mtl import DG_ONLY, MULTITASK_ONLY
 
     cfg = compose_config([])
     for key, (default, _) in {**DG_ONLY, **MULTITASK_ONLY}.items():
