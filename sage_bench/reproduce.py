@@ -221,23 +221,34 @@ def reproduce_table1(
 ) -> int:
     """Plan, launch what is missing, and, once every job is done, print Table 1 beside the
     paper's and write it (Markdown, CSV, figures) to ``results_dir``."""
-    from sage_bench.sweep.launch import launch_sweep
-
     sweep = table1_sweep(output_dir, data_dir, trials, algorithms=algorithms)
     jobs = sweep.jobs()
     print(describe_plan(jobs, cached=cached_datasets(jobs)))
     if dry_run:
         return 0
-    code = launch_sweep(sweep, launcher_overrides)
-    states = sweep_states(jobs)
-    if any(states[job.job_dir] != DONE for job in jobs):
-        print(format_status(jobs, states))
-        print("Table 1 needs every job; run this command again to continue and collect.")
+    code, done = launch_until_done(sweep, jobs, launcher_overrides, "Table 1")
+    if not done:
         return code
     records = find_runs(output_dir).completed().records
     print(write_tables(records, results_dir, compare_paper=True))
     print(f"wrote {results_dir}/table.md, table.csv and figures")
     return code
+
+
+def launch_until_done(
+    sweep: Sweep, jobs: list[SweepJob], launcher_overrides: Sequence[str], table: str
+) -> tuple[int, bool]:
+    """Launch the jobs of ``sweep`` that are missing; the launcher's exit code and whether every
+    job is done (if not, their states are printed with how to continue)."""
+    from sage_bench.sweep.launch import launch_sweep
+
+    code = launch_sweep(sweep, launcher_overrides)
+    states = sweep_states(jobs)
+    if any(states[job.job_dir] != DONE for job in jobs):
+        print(format_status(jobs, states))
+        print(f"{table} needs every job; run this command again to continue and collect.")
+        return code, False
+    return code, True
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,9 +18,8 @@ from sage_bench.collect import mtl as collect_mtl
 from sage_bench.data import get_dataset_class
 from sage_bench.data.catalog import MULTITASK_TASKS
 from sage_bench.errors import UserError
-from sage_bench.reproduce import run_here
+from sage_bench.reproduce import launch_until_done, run_here
 from sage_bench.sweep.plan import Sweep, SweepJob
-from sage_bench.sweep.state import DONE, format_status, sweep_states
 
 TABLE2_DATASETS = ("NYUv2", "Cityscapes")
 
@@ -157,11 +156,8 @@ def reproduce_table2(
     print(describe_table2_plan(jobs))
     if dry_run:
         return launch_sweep(sweep, launcher_overrides, dry_run=True)
-    code = launch_sweep(sweep, launcher_overrides)
-    states = sweep_states(jobs)
-    if any(states[job.job_dir] != DONE for job in jobs):
-        print(format_status(jobs, states))
-        print("Table 2 needs every job; run this command again to continue and collect.")
+    code, done = launch_until_done(sweep, jobs, launcher_overrides, "Table 2")
+    if not done:
         return code
     records = find_runs(output_dir).completed().multitask_records
     print(write_table2(records, results_dir, compare_paper=True))

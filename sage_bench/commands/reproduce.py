@@ -55,14 +55,10 @@ def add_parser(subparsers) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    table1.add_argument("--launcher", default="local", choices=["local", "multi_gpu", "slurm"])
-    table1.add_argument("--data-dir", type=Path, help="where the five data sets are (default: data_dir of the config)")
-    table1.add_argument("--output-dir", type=Path, default=Path("sweeps/table1"), help="the sweep's folder")
-    table1.add_argument("--results-dir", type=Path, default=Path("results/table1"), help="where the table goes")
-    table1.add_argument("--trials", type=int, default=3)
-    table1.add_argument("--dry-run", action="store_true", help="print the plan and the estimate, launch nothing")
-    table1.add_argument("--algorithms", nargs="+", metavar="NAME", help=ALGORITHMS_HELP)
-    table1.add_argument("launcher_overrides", nargs="*", help="launcher.<key>=<value> (see configs/launcher/)")
+    _add_sweep_options(
+        table1, "table1", data="the five data sets", trials_help="trials per job (trial_seed 0..N-1; default 3)",
+        algorithms_help=ALGORITHMS_HELP, dry_run_help="print the plan and the estimate, launch nothing",
+    )  # fmt: skip
     table1.set_defaults(func=run_table1)
 
     table2 = targets.add_parser(
@@ -74,14 +70,10 @@ def add_parser(subparsers) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    table2.add_argument("--launcher", default="local", choices=["local", "multi_gpu", "slurm"])
-    table2.add_argument("--data-dir", type=Path, help="where nyuv2/ and cityscapes/ are (default: data_dir of the config)")
-    table2.add_argument("--output-dir", type=Path, default=Path("sweeps/table2"), help="the sweep's folder")
-    table2.add_argument("--results-dir", type=Path, default=Path("results/table2"), help="where the table goes")
-    table2.add_argument("--trials", type=int, default=3, help="seeds per row (trial_seed 0..N-1; default 3)")
-    table2.add_argument("--dry-run", action="store_true", help="print the estimate and list the jobs, launch nothing")
-    table2.add_argument("--algorithms", nargs="+", metavar="NAME", help=MTL_ALGORITHMS_HELP)
-    table2.add_argument("launcher_overrides", nargs="*", help="launcher.<key>=<value> (see configs/launcher/)")
+    _add_sweep_options(
+        table2, "table2", data="nyuv2/ and cityscapes/", trials_help="seeds per row (trial_seed 0..N-1; default 3)",
+        algorithms_help=MTL_ALGORITHMS_HELP, dry_run_help="print the estimate and list the jobs, launch nothing",
+    )  # fmt: skip
     table2.set_defaults(func=run_table2)
 
     quick_mtl = targets.add_parser(
@@ -113,6 +105,20 @@ def add_parser(subparsers) -> None:
     quick.add_argument("--trials", type=int, default=1, help="trials per job (trial_seed 0..N-1; default 1)")
     quick.add_argument("--workers", type=int, help="jobs at a time (default: one per available core)")
     quick.set_defaults(func=run_quick)
+
+
+def _add_sweep_options(
+    parser: argparse.ArgumentParser, table: str, data: str, trials_help: str, algorithms_help: str, dry_run_help: str
+) -> None:
+    """The options of a full table (table1, table2): launcher, folders, trials, algorithms."""
+    parser.add_argument("--launcher", default="local", choices=["local", "multi_gpu", "slurm"])
+    parser.add_argument("--data-dir", type=Path, help=f"where {data} are (default: data_dir of the config)")
+    parser.add_argument("--output-dir", type=Path, default=Path(f"sweeps/{table}"), help="the sweep's folder")
+    parser.add_argument("--results-dir", type=Path, default=Path(f"results/{table}"), help="where the table goes")
+    parser.add_argument("--trials", type=int, default=3, help=trials_help)
+    parser.add_argument("--dry-run", action="store_true", help=dry_run_help)
+    parser.add_argument("--algorithms", nargs="+", metavar="NAME", help=algorithms_help)
+    parser.add_argument("launcher_overrides", nargs="*", help="launcher.<key>=<value> (see configs/launcher/)")
 
 
 def _names_and_launcher_overrides(args: argparse.Namespace) -> tuple[list[str], list[str]]:
