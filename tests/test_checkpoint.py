@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import errno
+import io
 import itertools
 import json
 import os
@@ -492,3 +493,67 @@ def test_loader_workers_ignore_the_stop_signals():
         assert all(b.all() for b in eval_loader(Handlers(), 2, num_workers=1))
         assert signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN  # this process still stops
         assert not signal.pthread_sigmask(signal.SIG_BLOCK, [])  # nothing left blocked
+
+
+class _Numbers(torch.utils.data.Dataset):
+    def __len__(self):
+        return 64
+
+    def __getitem__(self, index):
+        return torch.full((4,), float(index))
+
+
+def _killed_worker(iterator) -> int:
+    """SIGKILL the (single) worker of ``iterator`` and wait until it is gone; its pid."""
+    (worker,) = iterator._workers
+    os.kill(worker.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{worker.pid}/stat").exists() and " Z " not in Path(f"/proc/{worker.pid}/stat").read_text():
+        assert time.monotonic() < deadline, "the worker did not die"
+        time.sleep(0.01)
+    return worker.pid
+
+
+def test_a_dead_loader_worker_is_reported_by_the_next_read_and_nowhere_else():
+    """PyTorch raises its report of a dead worker from its SIGCHLD handler, wherever the main
+    thread is: in the middle of a checkpoint being written or of a log line. Here only a read
+    reports it, and closing the loaders does not wait for the dead worker."""
+    from sage_bench.data.loaders import close_loaders, infinite_loader, is_worker_death
+
+    it = infinite_loader(_Numbers(), 4, seed=0, num_workers=1)
+    alive = infinite_loader(_Numbers(), 4, seed=1, num_workers=1)
+    next(it), next(alive)
+    pid = _killed_worker(it)
+    for _ in range(20):  # SIGCHLD has arrived: plain work, a checkpoint write, and no exception
+        torch.save({"w": torch.randn(256, 256)}, io.BytesIO())
+        time.sleep(0.01)
+    with pytest.raises(RuntimeError, match=f"DataLoader worker \\(pid {pid}\\)") as died:
+        next(it)
+    assert is_worker_death(died.value)
+    workers = [*it._workers, *alive._workers]
+    started = time.monotonic()
+    close_loaders()
+    assert time.monotonic() - started < 10
+    assert not any(w.is_alive() for w in workers)  # they ignore SIGTERM: they were killed
+
+
+@pytest.mark.slow
+def test_a_loader_worker_killed_without_a_stop_signal_fails_the_job_and_the_process_ends(tmp_path):
+    """The OOM killer takes a loader worker: the job fails, saying so in err.txt, and the process
+    ends (its other loaders' workers ignore SIGTERM, so nothing may leave them for
+    ``multiprocessing`` to wait for at exit)."""
+    overrides = [*WORKERS, "steps=400", f"output_dir={tmp_path}"]
+    job_dir = load_job(overrides).job_dir
+    proc = _start_in_own_group([sys.executable, "-m", "sage_bench.cli", "train", *overrides])
+    try:
+        deadline = time.monotonic() + 180
+        while not (job_dir / ckpt.CHECKPOINT_FILE).exists() and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.02)
+        os.kill(_children(proc.pid)[0], signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 1, stderr
+    assert "is killed by signal: Killed" in (job_dir / "err.txt").read_text().splitlines()[-1]

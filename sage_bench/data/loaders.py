@@ -5,17 +5,27 @@ Their worker processes (``num_workers > 0``) ignore the signals that stop a job 
 SIGINT, SIGUSR2). A scheduler signals the whole process group (SLURM on preemption and
 ``scancel``, a terminal on Ctrl-C); the main process alone then decides to stop after its step,
 saves a checkpoint and shuts the workers down, instead of losing them mid-step. The signals are
-blocked while workers start, so none arrives before a worker ignores it.
+blocked while workers start, so none arrives before a worker ignores it. Workers killed outright
+(SIGKILL to the group) are part of the same stop: PyTorch reports their death to the read that
+waits for them, never in the middle of the checkpoint being saved, and the loaders' shutdown
+does not wait for them (``_WorkersIterator``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import signal
-from collections.abc import Iterator
+import threading
+import weakref
+from collections.abc import Callable, Iterator
+from types import FrameType
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data._utils import MP_STATUS_CHECK_INTERVAL
+from torch.utils.data._utils import signal_handling as torch_signal_handling
+from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
 from sage_bench.seeding import seed_hash
 
@@ -41,14 +51,108 @@ def _stop_signals_blocked() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+_reads_in_progress = 0  # reads of the main thread from loaders with workers
+_torch_sigchld_handler: Callable[[int, FrameType | None], Any] | None = None
+
+
+def _sigchld(signum: int, frame: FrameType | None) -> None:
+    """PyTorch's SIGCHLD handler (it raises when a loader worker has died), run only while the
+    main thread reads from a loader. Anywhere else its exception would cut whatever runs: a
+    checkpoint being written, a log line, the shutdown of the other loaders after a stop signal
+    whose process group also lost its workers. The next read checks for dead workers first."""
+    if _reads_in_progress and _torch_sigchld_handler is not None:
+        _torch_sigchld_handler(signum, frame)
+
+
+def _route_sigchld() -> None:
+    """Put ``_sigchld`` in front of the SIGCHLD handler PyTorch installs with a loader's first
+    workers (main thread only, where Python handles signals)."""
+    global _torch_sigchld_handler
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGCHLD"):
+        return
+    current = signal.getsignal(signal.SIGCHLD)
+    if current is not _sigchld:
+        _torch_sigchld_handler = current if callable(current) else None
+        signal.signal(signal.SIGCHLD, _sigchld)
+
+
+class _WorkersIterator(_MultiProcessingDataLoaderIter):
+    """PyTorch's iterator over a loader with workers, whose shutdown cannot hang on a worker
+    that was killed (SIGKILL to the process group after a stop signal, the OOM killer).
+
+    Such a worker may have died holding a lock it shares with this process (the one of the
+    event that tells workers to end, or of a queue), and PyTorch's orderly shutdown, which
+    takes those locks, would then wait for it forever, also at interpreter exit. When a worker
+    is dead, the others are killed instead and PyTorch's record of their pids is dropped.
+    A worker's death is reported (PyTorch's ``RuntimeError``) by a read, not at any point of the
+    main thread (``_sigchld``).
+    """
+
+    def __init__(self, loader: DataLoader):
+        super().__init__(loader)
+        _open_iterators.add(self)
+        _route_sigchld()
+
+    def _shutdown_workers(self) -> None:
+        workers = getattr(self, "_workers", [])
+        if getattr(self, "_shutdown", True) or all(w.is_alive() for w in workers):
+            super()._shutdown_workers()
+        else:
+            self._drop_workers(workers)
+        for w in workers:  # PyTorch's last resort is terminate(): SIGTERM, which they ignore
+            if w.is_alive():
+                w.kill()
+                w.join(timeout=MP_STATUS_CHECK_INTERVAL)
+
+    def _drop_workers(self, workers: list) -> None:
+        """Shut down without PyTorch's handshake with the workers (see the class)."""
+        self._shutdown = True
+        if self._worker_pids_set:
+            torch_signal_handling._remove_worker_pids(id(self))
+            self._worker_pids_set = False
+        for w in workers:
+            if w.is_alive():
+                w.kill()
+        for w in workers:
+            w.join(timeout=MP_STATUS_CHECK_INTERVAL)
+        for queue in self._index_queues:
+            queue.cancel_join_thread()
+            queue.close()
+        if hasattr(self, "_pin_memory_thread"):  # a daemon thread: told to end, not waited for
+            self._pin_memory_thread_done_event.set()
+
+    def __next__(self):
+        global _reads_in_progress
+        _reads_in_progress += 1
+        try:
+            if self._worker_pids_set:  # a worker that died since the last read is reported now
+                torch_signal_handling._error_if_any_worker_fails()
+            return super().__next__()
+        finally:
+            _reads_in_progress -= 1
+
+
 class _Loader(DataLoader):
-    """A ``DataLoader`` whose workers start with the stop signals blocked and then ignore them."""
+    """A ``DataLoader`` whose workers start with the stop signals blocked and then ignore them,
+    and whose iterator reports a dead worker on a read and shuts down without waiting for it."""
 
     def _get_iterator(self):
         if self.num_workers == 0:
             return super()._get_iterator()
         with _stop_signals_blocked():
-            return super()._get_iterator()
+            return _WorkersIterator(self)
+
+
+_open_iterators: weakref.WeakSet[_WorkersIterator] = weakref.WeakSet()
+
+
+def close_loaders() -> None:
+    """End the workers of every loader iterator of this process now, rather than whenever
+    garbage collection reaches them: a job calls it as it ends, however it ends. (An iterator
+    kept alive by a traceback would otherwise keep workers that ignore SIGTERM until
+    ``multiprocessing`` waits for them at exit, forever.)"""
+    for iterator in list(_open_iterators):
+        iterator._shutdown_workers()
 
 
 def is_worker_death(exc: BaseException) -> bool:

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from sage_bench import __version__
 from sage_bench.config import JobSpec
-from sage_bench.data.loaders import is_worker_death
+from sage_bench.data.loaders import close_loaders, is_worker_death
 from sage_bench.records import (
     ERROR_FILE,
     LOG_FILE,
@@ -129,6 +129,8 @@ def run_job(spec: JobSpec, console: bool = True, start_over: bool = False) -> Pa
             except BaseException as exc:
                 _record_failure(job_dir, log, exc)
                 raise
+            finally:
+                close_loaders()  # the job's loader workers end with it
     return job_dir
 
 
