@@ -257,7 +257,7 @@ def launch_until_done(
 
 QUICK_STEPS = 200
 QUICK_OVERRIDES = (f"steps={QUICK_STEPS}", "checkpoint_freq=50", "hparams.batch_size=32", "device=cpu", "progress=false")
-# the quick sweep at this length, over 3 trials, is close to converged (README: "Quick start")
+# the quick sweep at this length, over 3 trials, is close to converged (docs/getting-started.md)
 CONVERGED_STEPS = 600
 CONVERGED_TRIALS = 3
 

@@ -17,6 +17,7 @@ import traceback
 from pathlib import Path
 
 import pytest
+
 from tests.docs_blocks import ROOT, DocsTestError, blocks, commands, doc_pages, shell_blocks
 
 PAGES = doc_pages()

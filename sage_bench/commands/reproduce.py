@@ -9,7 +9,7 @@ from pathlib import Path
 EPILOG = """\
 examples:
   sage-bench reproduce quick                       # a few minutes on 2 CPU cores -> results/quick/
-  sage-bench reproduce quick --trials 3 --steps 600    # close to converged (see the README for its time)
+  sage-bench reproduce quick --trials 3 --steps 600    # close to converged (docs: Getting started gives its time)
   sage-bench reproduce quick --algorithms all      # every algorithm (GGA's search makes it long)
   sage-bench reproduce table1 --algorithms ERM,IRM,DANN,SAGE --dry-run
   sage-bench reproduce table1 --dry-run            # jobs and estimated GPU-hours per data set
