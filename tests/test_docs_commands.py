@@ -121,9 +121,13 @@ def _parse_only(words: list[str]) -> int:
     from sage_bench.cli import build_parser
 
     try:
-        build_parser().parse_known_args(words[1:])
+        args, extra = build_parser().parse_known_args(words[1:])
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 1
+    # as sage_bench.cli.main: words left over are key=value overrides where the subcommand takes them
+    if extra and (not getattr(args, "overrides_anywhere", False) or any(e.startswith("-") for e in extra)):
+        print(f"sage-bench: error: unrecognized arguments: {' '.join(extra)}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -144,15 +148,19 @@ PAGES_WITH_COMMANDS = [
 ]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("page", PAGES_WITH_COMMANDS, ids=str)
-def test_the_commands_of_a_page_run(page, tmp_path, monkeypatch, capfd):
-    monkeypatch.chdir(tmp_path)
+class CommandFailed(AssertionError):
+    """A command of a page exited non-zero; the message names the page, line and command."""
+
+
+def run_page(page: Path, root: Path, workdir: Path, monkeypatch, capfd) -> None:
+    """Run the shell blocks of ``page`` in order in ``workdir``, as its directives say; raise
+    ``CommandFailed`` at the first command that exits non-zero."""
+    monkeypatch.chdir(workdir)
     for key in ("SAGE_BENCH_DATA", "SAGE_BENCH_CACHE_DIR"):
         monkeypatch.delenv(key, raising=False)
-    for block in blocks(page):
+    for block in blocks(page, root):
         for name in block.directive("write"):
-            (tmp_path / name).write_text(block.text + "\n")
+            (workdir / name).write_text(block.text + "\n")
         if block.language not in ("bash", "sh", "console") or block.directive("skip"):
             continue
         parse_only = bool(block.directive("parse-only"))
@@ -177,11 +185,46 @@ def test_the_commands_of_a_page_run(page, tmp_path, monkeypatch, capfd):
             if code != 0:
                 shown = " ".join(command.words)
                 tail = "\n".join((captured.out + captured.err + output).splitlines()[-40:])
-                pytest.fail(
+                raise CommandFailed(
                     f"{page}:{command.line}: `{command.text}` (run as `{shown}`"
-                    f"{', parsed only' if parse_only else ''}) exited with {code}:\n{tail}",
-                    pytrace=False,
+                    f"{', parsed only' if parse_only else ''}) exited with {code}:\n{tail}"
                 )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", PAGES_WITH_COMMANDS, ids=str)
+def test_the_commands_of_a_page_run(page, tmp_path, monkeypatch, capfd):
+    try:
+        run_page(page, ROOT, tmp_path, monkeypatch, capfd)
+    except CommandFailed as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.mark.slow
+def test_a_failing_command_is_reported_with_its_page_and_line(tmp_path, monkeypatch, capfd):
+    """A renamed key or option fails the docs test, which names the page, line and command."""
+    (tmp_path / "docs").mkdir()
+    page = Path("docs/page.md")
+    (tmp_path / page).write_text(
+        "# A page\n\n"
+        "<!-- docs-test: dry-run -->\n"
+        "```bash\n"
+        "sage-bench train dataset=RotatedDigits algorithm=ERM test_envs=[0]\n"
+        "sage-bench train dataset=RotatedDigits algorithm=ERM test_env=[0]   # renamed key\n"
+        "```\n"
+        "<!-- docs-test: parse-only an option that does not exist -->\n"
+        "```bash\n"
+        "sage-bench collect runs/ --no-such-option\n"
+        "```\n"
+    )
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    with pytest.raises(CommandFailed, match=r"docs/page.md:6: `sage-bench train .*test_env=\[0\].* exited with 2") as failed:
+        run_page(page, tmp_path, workdir, monkeypatch, capfd)
+    assert "test_env" in str(failed.value)  # the command's own message comes along
+    (tmp_path / page).write_text((tmp_path / page).read_text().replace("test_env=[0]   # renamed key", "test_envs=[1]"))
+    with pytest.raises(CommandFailed, match=r"docs/page.md:10: .*--no-such-option.*parsed only\) exited with 2"):
+        run_page(page, tmp_path, workdir, monkeypatch, capfd)
 
 
 def test_the_readme_is_a_front_door():
