@@ -21,6 +21,7 @@ from omegaconf.errors import InterpolationResolutionError
 
 from sage_bench import hparams as hp
 from sage_bench import precision as prec
+from sage_bench.computation import dataset_options_that_count
 from sage_bench.data import get_dataset_class
 from sage_bench.data.catalog import ALL_DATASET_NAMES, dataset_task
 from sage_bench.errors import ConfigError
@@ -103,17 +104,15 @@ _LEGACY_DEFAULTS: dict[tuple[str, ...], Any] = {
     ("dataset", "eval_augment"): True,
     ("eval_splits",): "all",
 }
-# Options that change how fast a job runs, never what it computes: never part of the identity.
-_NOT_IDENTITY: tuple[tuple[str, ...], ...] = (("dataset", "eval_cache"),)
 
 
-def _drop(values: dict[str, Any], path: tuple[str, ...], legacy: Any = None, always: bool = False) -> None:
+def _drop(values: dict[str, Any], path: tuple[str, ...], legacy: Any) -> None:
     *parents, key = path
     for parent in parents:
         values = values.get(parent)
         if not isinstance(values, dict):
             return
-    if key in values and (always or values[key] == legacy):
+    if key in values and values[key] == legacy:
         del values[key]
 
 
@@ -304,7 +303,8 @@ class JobSpec:
         if self.multi_task:
             return self._multitask_identity()
         values = {
-            "dataset": {"name": self.dataset, **self.dataset_options},
+            # options that change no number (``sage_bench.computation``) never enter
+            "dataset": {"name": self.dataset, **dataset_options_that_count(self.dataset_options)},
             "algorithm": self.algorithm,
             # ``pretrained`` is where the file of the named ``weights`` lies, not what they are
             "backbone": {"name": self.backbone, **{k: v for k, v in self.backbone_options.items() if k != "pretrained"}},
@@ -320,8 +320,6 @@ class JobSpec:
             "eval_splits": self.eval_splits,
         }
         assert tuple(values) == _IDENTITY_KEYS
-        for path in _NOT_IDENTITY:
-            _drop(values, path, always=True)
         for path, legacy in _LEGACY_DEFAULTS.items():
             _drop(values, path, legacy)
         # precision, tf32 and compile change the numbers, but enter only when not at their
@@ -333,7 +331,7 @@ class JobSpec:
         """A multi-task job's identity: no key of it existed before multi-task jobs, so all enter."""
         values = {
             "task": self.task,
-            "dataset": {"name": self.dataset, **self.dataset_options},
+            "dataset": {"name": self.dataset, **dataset_options_that_count(self.dataset_options)},
             "algorithm": self.algorithm,
             "backbone": {"name": self.backbone, **self.backbone_options},
             "optimizer": {"name": self.optimizer, **self.optimizer_options},

@@ -107,7 +107,7 @@ def run_job(spec: JobSpec, console: bool = True, start_over: bool = False) -> Pa
         with _job_logger(job_dir, console) as log, Tracker(log) as tracker, ckpt.StopSignals() as stop:
             (job_dir / ERROR_FILE).unlink(missing_ok=True)
             try:
-                if start_over and (aside := ckpt.set_aside(job_dir)) is not None:
+                if start_over and (aside := ckpt.set_aside(job_dir, "before-start-over")) is not None:
                     log.warning(f"starting over from step 0 as asked; the checkpoint is now {aside}")
                 try:
                     _train(spec, job_dir, log, stop, tracker)
