@@ -6,6 +6,7 @@ a ``ConfigError`` whose message names the bad key or value and lists the valid c
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
@@ -452,8 +453,17 @@ def _wandb_options(node: DictConfig) -> dict[str, Any]:
 
 
 def _dataset_options(cfg: DictConfig) -> dict[str, Any]:
-    """``dataset.*`` options, with the evaluation ones checked."""
+    """``dataset.*`` options (keywords of the data set's constructor after ``preprocess``), with
+    the evaluation ones checked."""
     options = _group_options(cfg, "dataset")
+    dataset_cls = get_dataset_class(cfg.dataset.name)
+    valid = sorted(list(inspect.signature(dataset_cls.__init__).parameters)[5:])
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ConfigError(
+            f"unknown option(s) {', '.join('dataset.' + k for k in unknown)} for {cfg.dataset.name}; "
+            f"valid options: {', '.join(valid) or 'none'}"
+        )
     if "eval_cache" in options:
         mode = options["eval_cache"]
         if isinstance(mode, bool):  # YAML 1.1: off -> False
@@ -468,8 +478,25 @@ def _dataset_options(cfg: DictConfig) -> dict[str, Any]:
     return options
 
 
+def _refuse_added_keys(cfg: DictConfig) -> None:
+    """Keys added with ``+key=value`` that no schema knows (``+foo=1``) are refused as a
+    misspelt ``foo=1`` is. (Options of a group, ``+backbone.x=``, are checked by their group.)"""
+    for node, schema, prefix in ((cfg, TrainSchema, ""), (cfg.get("precision"), PrecisionSchema, "precision."),
+                                 (cfg.get("wandb"), WandbSchema, "wandb.")):  # fmt: skip
+        if not isinstance(node, DictConfig):
+            continue
+        valid = sorted(f.name for f in fields(schema))
+        unknown = sorted(set(node.keys()) - set(valid))
+        if unknown:
+            raise ConfigError(
+                f"unknown config key {prefix + str(unknown[0])!r} (added with +{prefix}{unknown[0]}=...); valid "
+                f"keys{' of ' + prefix.rstrip('.') if prefix else ''}: {', '.join(valid)}"
+            )
+
+
 def job_from_config(cfg: DictConfig) -> JobSpec:
     """Validate a composed configuration into a ``JobSpec`` (raises ``ConfigError``)."""
+    _refuse_added_keys(cfg)
     try:  # every ${...} at once: a preset's per-data-set table may lack the data set
         OmegaConf.to_container(cfg, resolve=True)
     except InterpolationResolutionError as exc:
