@@ -417,16 +417,19 @@ class ImageCheck:
     file: Path
     rebuild: str  # the command that rebuilds the cache
 
-    def __call__(self, rows: np.ndarray, pixels: np.ndarray) -> None:
-        for row, image in zip(rows, pixels, strict=True):
-            if image_checksum(image) != self.checksums[row]:
-                raise DamagedCacheError(
-                    f"the evaluation cache at {self.file.parent} is damaged: image {int(row)} of {self.file.name} "
-                    "does not match the checksum written when the cache was built, so this evaluation "
-                    f"stopped rather than report a wrong accuracy. Rebuild the cache with\n    {self.rebuild}\n"
-                    "then run the job again (it resumes from its last checkpoint), or run it with "
-                    "dataset.eval_cache=off"
-                )
+    def __post_init__(self) -> None:
+        self._expected = self.checksums.tolist()  # Python ints: compared without NumPy scalars
+
+    def __call__(self, row: int, image: np.ndarray) -> None:
+        """Raise ``DamagedCacheError`` unless ``image`` (row ``row``) has its checksum."""
+        if xxhash.xxh3_64_intdigest(image) != self._expected[row]:
+            raise DamagedCacheError(
+                f"the evaluation cache at {self.file.parent} is damaged: image {int(row)} of {self.file.name} "
+                "does not match the checksum written when the cache was built, so this evaluation "
+                f"stopped rather than report a wrong accuracy. Rebuild the cache with\n    {self.rebuild}\n"
+                "then run the job again (it resumes from its last checkpoint), or run it with "
+                "dataset.eval_cache=off"
+            )
 
 
 class CachedSplit(Dataset):
@@ -445,9 +448,14 @@ class CachedSplit(Dataset):
 
     def __getitem__(self, positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         rows = self.indices[positions]
-        pixels = self.pixels[rows]
-        if self.check is not None:
-            self.check(rows, pixels)
+        if self.check is None:
+            pixels = self.pixels[rows]
+        else:  # each image checked right after it is copied, while it is in the CPU's cache
+            source = self.pixels.view(np.ndarray)  # the mapped bytes, without np.memmap's per-row overhead
+            pixels = np.empty((len(rows), *source.shape[1:]), dtype=np.uint8)
+            for k, row in enumerate(rows.tolist()):
+                pixels[k] = source[row]
+                self.check(row, pixels[k])
         return torch.from_numpy(pixels), torch.from_numpy(self.labels[rows])
 
 
