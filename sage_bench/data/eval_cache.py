@@ -21,9 +21,10 @@ temporary folder and renamed into place when complete, so a build that was kille
 Integrity: each environment also has ``env<i>.xxh3``, the XXH3-64 checksum of every image's bytes
 (little-endian uint64, one per image), written at build time. Every image a job reads is checked
 against it as it is read (``CachedSplit``), so a damaged image stops the evaluation with the
-cache's path and the command that rebuilds it, wherever the damage lies; XXH3 hashes at memory
-speed (tens of GB/s per core), so the check costs a few percent of reading the pixels at most
-(``benchmarks/eval_input.py`` measures it). When a cache is opened, the file sizes (truncation)
+cache's path and the command that rebuilds it, wherever the damage lies. Each image is hashed
+right after it is copied out of the map, while it is in the CPU's cache (about 13 us for a
+224-px image on a loaded 2-core machine; ``benchmarks/eval_input.py`` measures the check's cost
+against reading without it). When a cache is opened, the file sizes (truncation)
 and a digest of 64 blocks spread over each file (gross corruption) are checked first, and
 ``sage-bench data cache --verify`` checks the digest of every byte and every image's checksum.
 
