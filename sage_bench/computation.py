@@ -7,7 +7,7 @@ this module, so the three always agree:
 
 - a setting that changes no number never gives another folder, never refuses a resume and never
   splits a table's row. These are ``dataset.eval_cache`` (cached pixels are bit-identical to
-  decoded ones), where a job runs (``PLACE_ARGS``: ``data_dir``, ``output_dir``, ``device``; what
+  decoded ones), ``backbone.pretrained`` (where the file of the named weights lies), where a job runs (``PLACE_ARGS``: ``data_dir``, ``output_dir``, ``device``; what
   the device computes in is ``computed_in``, which does count) and a precision setting spelled
   as the value ``auto`` resolves to on every device (``precision.train=fp32`` and ``tf32=false``
   for an algorithm that perturbs weights; see ``sage_bench.precision.identity_settings``).
@@ -27,6 +27,9 @@ from typing import Any
 
 # ``dataset.*`` options that change how fast a job runs, never what it computes
 NO_NUMBER_DATASET_OPTIONS = ("eval_cache",)
+# ``backbone.*`` options that say where a file lies, not what it holds (the weights are named
+# by ``backbone.weights``)
+NO_NUMBER_BACKBONE_OPTIONS = ("pretrained",)
 # ``args`` of the records that say where a job runs, not what it computes: they may change
 # between a stop and a resume (a requeue on another node, a sweep folder moved)
 PLACE_ARGS = ("data_dir", "output_dir", "device")
@@ -37,6 +40,11 @@ _DEFAULTS = {"precision": {"train": "auto", "eval": "auto", "polar": "auto"}, "t
 def dataset_options_that_count(options: Mapping[str, Any]) -> dict[str, Any]:
     """``dataset.*`` options without those that change no number."""
     return {k: v for k, v in options.items() if k not in NO_NUMBER_DATASET_OPTIONS}
+
+
+def backbone_options_that_count(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``backbone.*`` options without those that change no number."""
+    return {k: v for k, v in options.items() if k not in NO_NUMBER_BACKBONE_OPTIONS}
 
 
 def _perturbs_weights(algorithm: str) -> bool | None:
@@ -72,5 +80,7 @@ def args_that_count(args: Mapping[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in args.items() if k not in PLACE_ARGS and k not in _PRECISION_ARGS}
     if isinstance(args.get("dataset_options"), Mapping):
         out["dataset_options"] = dataset_options_that_count(args["dataset_options"])
+    if isinstance(args.get("backbone_options"), Mapping):
+        out["backbone_options"] = backbone_options_that_count(args["backbone_options"])
     out.update(precision_that_counts(args))
     return out

@@ -22,7 +22,7 @@ from omegaconf.errors import InterpolationResolutionError
 
 from sage_bench import hparams as hp
 from sage_bench import precision as prec
-from sage_bench.computation import dataset_options_that_count
+from sage_bench.computation import backbone_options_that_count, dataset_options_that_count
 from sage_bench.data import get_dataset_class
 from sage_bench.data.catalog import ALL_DATASET_NAMES, dataset_task
 from sage_bench.errors import ConfigError
@@ -308,7 +308,7 @@ class JobSpec:
             "dataset": {"name": self.dataset, **dataset_options_that_count(self.dataset_options)},
             "algorithm": self.algorithm,
             # ``pretrained`` is where the file of the named ``weights`` lies, not what they are
-            "backbone": {"name": self.backbone, **{k: v for k, v in self.backbone_options.items() if k != "pretrained"}},
+            "backbone": {"name": self.backbone, **backbone_options_that_count(self.backbone_options)},
             "optimizer": {"name": self.optimizer, **self.optimizer_options},
             "test_envs": self.test_envs,
             "trial_seed": self.trial_seed,

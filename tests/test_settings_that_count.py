@@ -55,6 +55,7 @@ SAGE_DIGITS = ["algorithm=SAGE", *DIGITS]
         (PACS, [*PACS, "dataset.eval_cache=off"], False),
         (PACS, [*PACS, "dataset.eval_cache=require"], False),
         (PACS, [*PACS, "num_workers=0", "progress=false", "eval_batch_size=7"], False),
+        (PACS, [*PACS, "backbone.pretrained=/elsewhere/weights.bin"], False),  # where the named weights lie
         (SAGE_DIGITS, [*SAGE_DIGITS, "precision.train=fp32", "tf32=false"], False),  # auto's values for SAGE
         (SAGE_DIGITS, [*SAGE_DIGITS, "precision.train=bf16"], True),
         (DIGITS, [*DIGITS, "tf32=false"], True),  # ERM: auto is TF32 on CUDA

@@ -93,7 +93,6 @@ SETTING_ARGS = (
     "backbone", "backbone_options", "optimizer", "optimizer_options", "dataset_options", "steps",
     "checkpoint_freq", "holdout_fraction", "seed", "autocast", "precision", "tf32", "compile",
 )  # fmt: skip
-_NOT_SETTINGS = {"backbone_options.pretrained"}  # where the weights' file lies, not what they are
 DERIVED_SEED = "per job"  # the label of a seed derived from the job, as DomainBed's sweep sets it
 
 
@@ -114,7 +113,7 @@ def run_setting(record: dict) -> dict[str, str]:
         ):
             value = DERIVED_SEED
         if isinstance(value, dict):
-            values.update({f"{key}.{k}": _text(v) for k, v in value.items() if f"{key}.{k}" not in _NOT_SETTINGS})
+            values.update({f"{key}.{k}": _text(v) for k, v in value.items()})
         else:
             values[key] = _text(value)
     return values
