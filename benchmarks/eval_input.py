@@ -10,11 +10,19 @@ process on one thread, the three ways a job's evaluation gets its input batches:
   GPU (normalisation happens there);
 - ``cache -> float``: the same batch normalised on the CPU, as a CPU job does.
 
-The three are timed in interleaved rounds (``--rounds``) and each reports its median, so a machine
+Each cache way runs twice: as jobs read (every image copied out of the map and checked against
+its checksum, "checked") and as the cache was read before it had checksums (one gather of the
+batch's rows, "unchecked"), so the ratio of the two is what the check costs a job. With
+``--model NAME`` (a timm model, built without weights) each cache way also runs the model's
+forward pass on its batches, as a checkpoint's evaluation does: the check's cost on a whole
+cached evaluation on this machine.
+
+All ways are timed in interleaved rounds (``--rounds``) and each reports its median, so a machine
 shared with other work slows them alike and their ratios stay meaningful.
 
     python benchmarks/eval_input.py
     python benchmarks/eval_input.py --images 300 --width 227 --height 227
+    python benchmarks/eval_input.py --model mobilenetv3_small_050.lamb_in1k
 """
 
 from __future__ import annotations
@@ -58,6 +66,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224, help="the backbone's input size (ViT-B/16: 224)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--model", help="a timm model name: also time its forward pass on the cached batches")
     args = parser.parse_args()
     torch.set_num_threads(1)
     preprocess = Preprocess(args.size, CLIP_MEAN, CLIP_STD)
@@ -68,22 +77,35 @@ def main() -> None:
         cache = ec.build_cache(dataset, args.size, workers=1)
         build = args.images / (time.perf_counter() - start)
         cpu = torch.device("cpu")
-        ways = {
-            "jpeg": lambda env: eval_loader(dataset.datasets[env], args.batch_size),
-            "cache -> uint8": lambda env: ec.cached_loader(
-                ec.CachedSplit(cache.pixels(env), dataset.datasets[env].targets, range(len(dataset.datasets[env]))),
-                preprocess, args.batch_size, cpu).loader,  # fmt: skip
-            "cache -> float": lambda env: ec.cached_loader(
-                ec.CachedSplit(cache.pixels(env), dataset.datasets[env].targets, range(len(dataset.datasets[env]))),
-                preprocess, args.batch_size, cpu),  # fmt: skip
-        }
+
+        def cached(env: int, verify: bool):
+            environment = dataset.datasets[env]
+            split = cache.split(env, environment.targets, range(len(environment)), verify=verify)
+            return ec.cached_loader(split, preprocess, args.batch_size, cpu)
+
+        ways = {"jpeg": lambda env: eval_loader(dataset.datasets[env], args.batch_size)}
+        for check in ("checked", "unchecked"):
+            verify = check == "checked"
+            ways[f"cache -> uint8, {check}"] = lambda env, verify=verify: cached(env, verify).loader
+            ways[f"cache -> float, {check}"] = lambda env, verify=verify: cached(env, verify)
+        model = None
+        if args.model:
+            import timm
+
+            model = timm.create_model(args.model, pretrained=False).eval()
+            for check in ("checked", "unchecked"):
+                ways[f"evaluation, {check}"] = lambda env, verify=(check == "checked"): cached(env, verify)
         rates: dict[str, list[float]] = {name: [] for name in ways}
         for _ in range(args.rounds):
             for name, make in ways.items():
                 n = 0
                 start = time.perf_counter()
-                for env in range(4):
-                    n += sum(len(y) for _, y in make(env))
+                with torch.inference_mode():
+                    for env in range(4):
+                        for x, y in make(env):
+                            if name.startswith("evaluation"):
+                                model(x).argmax(1).eq(y).sum().item()
+                            n += len(y)
                 rates[name].append(n / (time.perf_counter() - start))
         print(f"{args.images} JPEGs of {args.width}x{args.height}, evaluated at {args.size}x{args.size}, "
               f"one thread, median of {args.rounds} interleaved rounds")  # fmt: skip
@@ -91,7 +113,11 @@ def main() -> None:
         jpeg = statistics.median(rates["jpeg"])
         for name, values in rates.items():
             median = statistics.median(values)
-            print(f"  {name:<16} {median:9.1f} images/s/core  ({median / jpeg:5.1f} x jpeg)")
+            print(f"  {name:<26} {median:9.1f} images/s/core  ({median / jpeg:6.1f} x jpeg)")
+        print("the checksum check's cost (time checked / time unchecked - 1):")
+        for way in ("cache -> uint8", "cache -> float", *(["evaluation"] if model is not None else [])):
+            checked, unchecked = (statistics.median(rates[f"{way}, {c}"]) for c in ("checked", "unchecked"))
+            print(f"  {way:<16} {unchecked / checked - 1:+7.1%}  ({1e6 / checked - 1e6 / unchecked:+6.1f} us per image)")
 
 
 if __name__ == "__main__":

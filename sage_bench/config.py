@@ -6,6 +6,7 @@ a ``ConfigError`` whose message names the bad key or value and lists the valid c
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
@@ -21,6 +22,7 @@ from omegaconf.errors import InterpolationResolutionError
 
 from sage_bench import hparams as hp
 from sage_bench import precision as prec
+from sage_bench.computation import backbone_options_that_count, dataset_options_that_count
 from sage_bench.data import get_dataset_class
 from sage_bench.data.catalog import ALL_DATASET_NAMES, dataset_task
 from sage_bench.errors import ConfigError
@@ -103,17 +105,15 @@ _LEGACY_DEFAULTS: dict[tuple[str, ...], Any] = {
     ("dataset", "eval_augment"): True,
     ("eval_splits",): "all",
 }
-# Options that change how fast a job runs, never what it computes: never part of the identity.
-_NOT_IDENTITY: tuple[tuple[str, ...], ...] = (("dataset", "eval_cache"),)
 
 
-def _drop(values: dict[str, Any], path: tuple[str, ...], legacy: Any = None, always: bool = False) -> None:
+def _drop(values: dict[str, Any], path: tuple[str, ...], legacy: Any) -> None:
     *parents, key = path
     for parent in parents:
         values = values.get(parent)
         if not isinstance(values, dict):
             return
-    if key in values and (always or values[key] == legacy):
+    if key in values and values[key] == legacy:
         del values[key]
 
 
@@ -304,10 +304,11 @@ class JobSpec:
         if self.multi_task:
             return self._multitask_identity()
         values = {
-            "dataset": {"name": self.dataset, **self.dataset_options},
+            # options that change no number (``sage_bench.computation``) never enter
+            "dataset": {"name": self.dataset, **dataset_options_that_count(self.dataset_options)},
             "algorithm": self.algorithm,
             # ``pretrained`` is where the file of the named ``weights`` lies, not what they are
-            "backbone": {"name": self.backbone, **{k: v for k, v in self.backbone_options.items() if k != "pretrained"}},
+            "backbone": {"name": self.backbone, **backbone_options_that_count(self.backbone_options)},
             "optimizer": {"name": self.optimizer, **self.optimizer_options},
             "test_envs": self.test_envs,
             "trial_seed": self.trial_seed,
@@ -320,8 +321,6 @@ class JobSpec:
             "eval_splits": self.eval_splits,
         }
         assert tuple(values) == _IDENTITY_KEYS
-        for path in _NOT_IDENTITY:
-            _drop(values, path, always=True)
         for path, legacy in _LEGACY_DEFAULTS.items():
             _drop(values, path, legacy)
         # precision, tf32 and compile change the numbers, but enter only when not at their
@@ -333,7 +332,7 @@ class JobSpec:
         """A multi-task job's identity: no key of it existed before multi-task jobs, so all enter."""
         values = {
             "task": self.task,
-            "dataset": {"name": self.dataset, **self.dataset_options},
+            "dataset": {"name": self.dataset, **dataset_options_that_count(self.dataset_options)},
             "algorithm": self.algorithm,
             "backbone": {"name": self.backbone, **self.backbone_options},
             "optimizer": {"name": self.optimizer, **self.optimizer_options},
@@ -454,8 +453,17 @@ def _wandb_options(node: DictConfig) -> dict[str, Any]:
 
 
 def _dataset_options(cfg: DictConfig) -> dict[str, Any]:
-    """``dataset.*`` options, with the evaluation ones checked."""
+    """``dataset.*`` options (keywords of the data set's constructor after ``preprocess``), with
+    the evaluation ones checked."""
     options = _group_options(cfg, "dataset")
+    dataset_cls = get_dataset_class(cfg.dataset.name)
+    valid = sorted(list(inspect.signature(dataset_cls.__init__).parameters)[5:])
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ConfigError(
+            f"unknown option(s) {', '.join('dataset.' + k for k in unknown)} for {cfg.dataset.name}; "
+            f"valid options: {', '.join(valid) or 'none'}"
+        )
     if "eval_cache" in options:
         mode = options["eval_cache"]
         if isinstance(mode, bool):  # YAML 1.1: off -> False
@@ -470,8 +478,25 @@ def _dataset_options(cfg: DictConfig) -> dict[str, Any]:
     return options
 
 
+def _refuse_added_keys(cfg: DictConfig) -> None:
+    """Keys added with ``+key=value`` that no schema knows (``+foo=1``) are refused as a
+    misspelt ``foo=1`` is. (Options of a group, ``+backbone.x=``, are checked by their group.)"""
+    for node, schema, prefix in ((cfg, TrainSchema, ""), (cfg.get("precision"), PrecisionSchema, "precision."),
+                                 (cfg.get("wandb"), WandbSchema, "wandb.")):  # fmt: skip
+        if not isinstance(node, DictConfig):
+            continue
+        valid = sorted(f.name for f in fields(schema))
+        unknown = sorted(set(node.keys()) - set(valid))
+        if unknown:
+            raise ConfigError(
+                f"unknown config key {prefix + str(unknown[0])!r} (added with +{prefix}{unknown[0]}=...); valid "
+                f"keys{' of ' + prefix.rstrip('.') if prefix else ''}: {', '.join(valid)}"
+            )
+
+
 def job_from_config(cfg: DictConfig) -> JobSpec:
     """Validate a composed configuration into a ``JobSpec`` (raises ``ConfigError``)."""
+    _refuse_added_keys(cfg)
     try:  # every ${...} at once: a preset's per-data-set table may lack the data set
         OmegaConf.to_container(cfg, resolve=True)
     except InterpolationResolutionError as exc:

@@ -181,7 +181,20 @@ def algorithm_space(
     """The hyperparameters that belong to ``algorithm`` itself, in a context."""
     from sage_bench.algorithms.registry import get_algorithm
 
-    return get_algorithm(algorithm).space(SpaceContext(family, dataset, backbone))
+    registered = get_algorithm(algorithm)
+    where = f"algorithm {algorithm!r} ({registered.cls.__module__})"
+    try:
+        space = registered.space(SpaceContext(family, dataset, backbone))
+    except Exception as exc:
+        raise HParamError(
+            f"the hyperparameter space of {where} raised {type(exc).__name__}: {exc}; fix its space function"
+        ) from exc
+    if not isinstance(space, Mapping) or not all(isinstance(k, str) and isinstance(v, HParam) for k, v in space.items()):
+        raise HParamError(
+            f"the hyperparameter space of {where} returned {type(space).__name__} {space!r:.80}; a space "
+            "function returns a dict {name: HParam(...)} (sage_bench.algorithms.registry.no_hparams: none)"
+        )
+    return dict(space)
 
 
 def _shared_names() -> frozenset[str]:
@@ -209,7 +222,13 @@ def hparam_space(algorithm: str, dataset: str, backbone: str | None = None) -> d
         space.update(BACKBONE_SPACES[backbone]())
     for name, spec in algorithm_space(algorithm, family, dataset, backbone).items():
         if name in space:
-            raise AssertionError(f"hyperparameter {name!r} of {algorithm} shadows a shared one")
+            from sage_bench.algorithms.registry import get_algorithm
+
+            raise HParamError(
+                f"algorithm {algorithm!r} ({get_algorithm(algorithm).cls.__module__}) declares a hyperparameter "
+                f"{name!r}, which is a shared one ({', '.join(sorted(space))}); give it another name in "
+                "its space function"
+            )
         space[name] = spec
     return space
 
@@ -306,7 +325,21 @@ def resolve_hparams(
     else:
         hparams = sample(space, seed_hash(hparams_seed, trial_seed))
     for name, value in hparams.items():  # a default or draw outside its range is a bug of the space
-        coerce(name, space[name], value)
+        if name in (overrides or {}):
+            continue  # replaced, and checked as the user's value below
+        try:
+            coerce(name, space[name], value)
+        except HParamError as exc:
+            from sage_bench.algorithms.registry import get_algorithm
+
+            what = "default" if hparams_seed == 0 else f"random draw (hparams_seed={hparams_seed})"
+            own = name in algorithm_space(algorithm, dataset_family(dataset), dataset, backbone)
+            owner = f"algorithm {algorithm!r} ({get_algorithm(algorithm).cls.__module__})" if own else "sage-bench"
+            raise HParamError(
+                f"the {what} of hparams.{name} that {owner} declares is {value!r}, outside its own range "
+                f"({str(exc).split(': ', 1)[-1]}): a bug of its hyperparameter space, not of this command; "
+                "fix the space function" + (" or set the value with hparams." + name + "=..." if own else "")
+            ) from exc
     return apply_overrides(space, hparams, overrides or {})
 
 

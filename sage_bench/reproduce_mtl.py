@@ -27,14 +27,18 @@ TABLE2_DATASETS = ("NYUv2", "Cityscapes")
 def table2_algorithms(names: Sequence[str] | None = None) -> list[str]:
     """The multi-task rows to run in Table 2's order: every registered one (``None`` or
     ``["all"]``), or the named ones (each checked: registered, and a multi-task row)."""
-    from sage_bench.algorithms.registry import MULTI_TASK, algorithms, get_algorithm
+    from sage_bench.algorithms.registry import MULTI_TASK, algorithms
 
     registered = algorithms(MULTI_TASK)
     if not names or list(names) == ["all"]:
         return collect_mtl.row_order(registered)
     for name in names:
-        if get_algorithm(name).task != MULTI_TASK:
-            raise UserError(f"{name} is not a multi-task algorithm; the multi-task rows are {', '.join(registered)}")
+        if name not in registered:
+            what = "is a domain-generalization algorithm" if name in algorithms() else "is not a registered algorithm"
+            raise UserError(
+                f"{name!r} {what}; valid choices: {', '.join(collect_mtl.row_order(registered))}, all (multi-task "
+                "rows; domain-generalization algorithms go to reproduce table1 and reproduce quick)"
+            )
     return collect_mtl.row_order(names)
 
 

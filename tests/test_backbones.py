@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import open_clip
 import pytest
 import torch
@@ -12,6 +14,7 @@ from sage_bench.config import ConfigError, load_job
 from sage_bench.data.transforms import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
 from sage_bench.models import WeightsNotFoundError, backbone_preprocess, build_network
 from sage_bench.models.clip import CLIPImageEncoder, ZeroShotHead
+from sage_bench.records import read_records
 
 TINY = OmegaConf.to_container(OmegaConf.load("sage_bench/configs/backbone/clip_tiny.yaml"))["model_overrides"]
 CLASSES = ["dog", "elephant", "house"]
@@ -171,3 +174,40 @@ def test_vit_b16_forward_backward_at_224():
     torch.nn.functional.cross_entropy(logits, torch.tensor([0, 2])).backward()
     grad = network.featurizer.visual.conv1.weight.grad
     assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+# timm models whose pooled output (``head_hidden_size``) is wider than their last feature map
+# (``num_features``), from timm's own model list, and one whose two sizes agree
+TIMM_HEADS = [
+    "mobilenetv3_small_050.lamb_in1k", "ghostnet_100.in1k", "lcnet_050.ra2_in1k", "hgnetv2_b0.ssld_stage2_ft_in1k",
+    "mobilenetv4_conv_small.e2400_r224_in1k", "efficientnet_b0.ra_in1k",
+]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_name", TIMM_HEADS)
+def test_timm_backbones_whose_pooled_output_is_not_num_features_train(model_name):
+    from sage_bench.algorithms.erm import ERM
+
+    torch.manual_seed(0)
+    network = build_network("timm", (3, 64, 64), 3, {}, model_name=model_name, weights=False)
+    x, y = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 0])
+    assert network.featurizer(x).shape == (4, network.featurizer.n_outputs)
+    algorithm = ERM(network, torch.optim.SGD(network.parameters(), lr=0.1), {})
+    before = [p.detach().clone() for p in network.head.parameters()]
+    loss = algorithm.update([(x, y)])["loss"]
+    assert math.isfinite(loss) and network(x).shape == (4, 3)
+    assert all(not torch.equal(a, b) for a, b in zip(before, network.head.parameters(), strict=True))
+
+
+@pytest.mark.slow
+def test_the_train_command_trains_a_timm_backbone_whose_head_widens_the_features(tmp_path):
+    from sage_bench.cli import main
+    from tests.test_eval_cache import _tree
+
+    _tree(tmp_path)
+    args = ["dataset=PACS", "backbone=timm", "backbone.model_name=mobilenetv3_small_050.lamb_in1k", "backbone.weights=false",
+            "test_envs=[3]", f"data_dir={tmp_path}", f"output_dir={tmp_path / 'out'}", "steps=2", "checkpoint_freq=1",
+            "num_workers=0", "progress=false", "hparams.batch_size=4"]  # fmt: skip
+    assert main(["train", *args]) == 0
+    assert len(read_records(load_job(args).job_dir)) == 2

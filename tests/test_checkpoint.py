@@ -98,8 +98,7 @@ def test_sigterm_mid_run_then_resume_gives_the_same_records(tmp_path, monkeypatc
     assert sorted(p.name for p in spec.job_dir.iterdir()) == [
         "done",
         "job.json",
-        "lock",
-        "out.txt",
+        "out.txt",  # no lock file: a finished job leaves none
         "results.jsonl",
     ]
 
@@ -277,7 +276,9 @@ def test_a_checkpoint_of_another_computation_is_refused_until_asked_to_start_ove
     assert said in (spec.job_dir / "err.txt").read_text()
 
     assert main(["train", *command, "--start-over"]) == 0
-    (aside,) = spec.job_dir.glob(ckpt.CHECKPOINT_FILE + ".unusable-*")
+    # named for what it is: a checkpoint set aside by --start-over, not an unusable one
+    assert not list(spec.job_dir.glob(ckpt.CHECKPOINT_FILE + ".unusable-*"))
+    (aside,) = spec.job_dir.glob(ckpt.CHECKPOINT_FILE + ".before-start-over-*")
     assert aside.read_bytes() == saved
     assert comparable(spec.job_dir) == reference
     assert "starting over from step 0 as asked" in (spec.job_dir / "out.txt").read_text()

@@ -191,11 +191,20 @@ def test_the_collect_command_prints_both_tables_without_torch(tmp_path):
     assert proc.stdout.strip().endswith("TORCH False")
 
 
-def test_csv_of_both_kinds_at_once_is_refused(tmp_path, capsys):
-    write_run(tmp_path / "mtl", "NYUv2", "LS", 0, 2, lambda k, e: 0.5)
-    write_dg_run(tmp_path / "dg" / "job")
-    assert main(["collect", str(tmp_path), "--format", "csv"]) == 2
-    assert "collect each kind's folders separately" in capsys.readouterr().err
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_csv_and_json_of_both_kinds_at_once_write_one_file_per_kind(tmp_path, capsys, fmt):
+    write_run(tmp_path / "runs" / "mtl", "NYUv2", "LS", 0, 2, lambda k, e: 0.5)
+    write_dg_run(tmp_path / "runs" / "dg" / "job")
+    # to standard output they would be two tables in one stream: the message says how to get both
+    assert main(["collect", str(tmp_path / "runs"), "--format", fmt]) == 2
+    assert f"give --output FILE.{fmt}, which writes one file per kind" in capsys.readouterr().err
+    assert main(["collect", str(tmp_path / "runs"), "--format", fmt, "--output", str(tmp_path / f"table.{fmt}")]) == 0
+    dg, mtl = tmp_path / f"table.domain_generalization.{fmt}", tmp_path / f"table.multi_task.{fmt}"
+    assert f"wrote {dg}" in capsys.readouterr().err and not (tmp_path / f"table.{fmt}").exists()
+    for path, runs in ((dg, "dg"), (mtl, "mtl")):  # each file is what collecting that kind alone writes
+        assert main(["collect", str(tmp_path / "runs" / runs), "--format", fmt]) == 0
+        assert path.read_text() == capsys.readouterr().out
+    assert "selection" in dg.read_text() and "seg_miou" in mtl.read_text()
 
 
 def test_collect_csv_has_the_lineage_units(tmp_path, capsys):

@@ -17,6 +17,7 @@ from sage_bench.data import PACS
 from sage_bench.data import eval_cache as ec
 from sage_bench.data.transforms import CLIP_MEAN, CLIP_STD, Preprocess, eval_transform
 from sage_bench.records import MEASUREMENT_KEYS, read_records
+from sage_bench.sweep.disk import format_bytes
 from tests.imagetree import PACS_CLASSES, PACS_ENVS, make_tree, write_image
 
 SIZE = 32  # clip_tiny's input size
@@ -162,8 +163,10 @@ def test_the_disk_need_is_stated_and_a_small_disk_refused(tmp_path, capsys, monk
     code = main(["data", "cache", "PACS", "--data-dir", str(tmp_path), "--image-size", str(SIZE)])
     captured = capsys.readouterr()
     assert code == 2
-    assert f"need {need / 1e9:.2f} GB" in captured.out
-    assert "needs" in captured.err and "SAGE_BENCH_CACHE_DIR" in captured.err
+    # in units that show the numbers (a small cache is not "0.00 GB")
+    assert f"need {format_bytes(need)}" in captured.out and f"({format_bytes(need // 2)} free there)" in captured.out
+    assert f"needs {format_bytes(need)}" in captured.err and f"has {format_bytes(need // 2)} free" in captured.err
+    assert "0.00 GB" not in captured.out + captured.err and "SAGE_BENCH_CACHE_DIR" in captured.err
     assert not ec.cache_path(tmp_path, "PACS", SIZE).exists()
 
 
@@ -175,7 +178,7 @@ def test_cache_dir_from_the_environment_and_an_up_to_date_cache_is_kept(tmp_path
     written = json.loads(manifest.read_text())["created"], manifest.stat().st_mtime_ns
     _cache(tmp_path / "data", "--verify")
     out = capsys.readouterr().out
-    assert "is up to date" in out and "every byte checked" in out
+    assert "is up to date" in out and "every byte and every image's checksum checked" in out
     assert (json.loads(manifest.read_text())["created"], manifest.stat().st_mtime_ns) == written
     assert not (tmp_path / "data" / ".sage-bench-cache").exists()
 

@@ -197,3 +197,40 @@ def test_without_flock_a_running_train_process_is_running_to_status_and_delete_i
         proc.wait()
     assert (job.job_dir / "done").exists() and not (job.job_dir / lock.OWNER_FILE).exists()
     assert [r["step"] for r in read_records(job.job_dir)] == [0, 10, 20]
+
+
+_HOLD = """
+import sys, time
+from sage_bench.run.lock import job_lock
+with job_lock(sys.argv[1], wait_s=30) as held:
+    print("holding", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_a_lock_file_removed_on_release_passes_the_lock_to_one_waiter_at_a_time(tmp_path):
+    """The holder deletes the file before it lets go: a process that waited on that file takes a
+    new one, and a third process that arrives meanwhile cannot hold the lock at the same time."""
+    job_dir = tmp_path / "job"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with job_lock(job_dir) as held:
+        held.remove_on_release = True
+        waiter = subprocess.Popen([sys.executable, "-c", _HOLD, str(job_dir), "2"], env=env, stdout=subprocess.PIPE, text=True)
+        time.sleep(1.5)  # the waiter has opened the file and waits for it
+        assert waiter.poll() is None
+    assert waiter.stdout.readline() == "holding\n"  # it took the lock, on a new file
+    assert (job_dir / "lock").exists() and is_running(job_dir)
+    with pytest.raises(JobAlreadyRunning, match=f"pid {waiter.pid} on"):
+        with job_lock(job_dir, wait_s=0):
+            pass
+    assert waiter.wait(30) == 0
+    with job_lock(job_dir, wait_s=0) as held:
+        held.remove_on_release = True
+    assert not (job_dir / "lock").exists() and not is_running(job_dir)
+
+
+def test_a_finished_job_leaves_no_lock_file(tmp_path):
+    out = tmp_path / "out"
+    assert main(["train", "dataset=RotatedDigits", *SHORT, "progress=false", f"output_dir={out}"]) == 0
+    (job_dir,) = out.iterdir()
+    assert (job_dir / "done").exists() and not (job_dir / "lock").exists()

@@ -109,3 +109,53 @@ def test_a_plugin_that_cannot_be_imported_or_a_bad_plugins_value_is_reported(tmp
     with pytest.raises(ConfigError, match=r"bad value for 'plugins': 'plugins=some_module'; give a list"):
         load_job(["plugins=some_module", f"output_dir={tmp_path}"])
     assert "plugins" not in load_job([f"output_dir={tmp_path}"]).record_args()  # none: records as before
+
+
+HEADER = "from sage_bench.algorithms import register_algorithm\nfrom sage_bench.algorithms.erm import ERM\nfrom sage_bench.hparams import HParam, UNIT_INTERVAL, const\n"  # fmt: skip
+BROKEN = {
+    "raises": ("raise RuntimeError('no GPU driver found')\n", "Raising",
+               ["the plugin module 'broken_raises' failed to import: RuntimeError: no GPU driver found",
+                "broken_raises.py, line 4", "fix the module"]),
+    "syntax": ("def f(:\n", "Syntax",
+               ["the plugin module 'broken_syntax' has a syntax error", "broken_syntax.py, line 4", "fix the module"]),
+    "twice": ("@register_algorithm('ERM')\nclass Mine(ERM):\n    pass\n", "ERM",
+              ["the plugin module 'broken_twice' registers an algorithm under a name that is taken",
+               "algorithm 'ERM' is registered twice", "broken_twice.Mine", "give the second another name"]),
+    "shared": ("@register_algorithm('SharedLR', space=lambda c: {'lr': HParam(0.1, const(0.1))})\nclass S(ERM):\n    pass\n",
+               "SharedLR", ["algorithm 'SharedLR' (broken_shared) declares a hyperparameter 'lr', which is a shared one",
+                            "give it another name in its space function"]),
+    "space_raises": ("def space(c):\n    raise KeyError('family')\n@register_algorithm('SpaceRaises', space=space)\nclass S(ERM):\n    pass\n",
+                     "SpaceRaises", ["the hyperparameter space of algorithm 'SpaceRaises' (broken_space_raises) raised KeyError",
+                                     "fix its space function"]),
+    "space_list": ("@register_algorithm('SpaceList', space=lambda c: [HParam(0.1, const(0.1))])\nclass S(ERM):\n    pass\n",
+                   "SpaceList", ["the hyperparameter space of algorithm 'SpaceList' (broken_space_list) returned list",
+                                 "a space function returns a dict {name: HParam(...)}"]),
+    "default": ("@register_algorithm('BadDefault', space=lambda c: {'smoothing': HParam(5.0, const(5.0), 'label smoothing', range=UNIT_INTERVAL)})\nclass S(ERM):\n    pass\n",
+                "BadDefault", ["the default of hparams.smoothing that algorithm 'BadDefault' (broken_default) declares is 5.0",
+                               "outside its own range (must be in [0, 1]", "a bug of its hyperparameter space, not of this command"]),
+}  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_a_broken_plugin_exits_2_naming_the_plugin_the_problem_and_the_fix(tmp_path, case):
+    body, algorithm, said = BROKEN[case]
+    module = f"broken_{case}"
+    (tmp_path / f"{module}.py").write_text(HEADER + body)
+    done = sage_bench("train", f"plugins=[{module}]", f"algorithm={algorithm}", f"output_dir={tmp_path / 'out'}",
+                      "--dry-run", pythonpath=tmp_path)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and "hparams.smoothing=5.0 is out of range" not in done.stderr
+    for text in said:
+        assert text in done.stderr, done.stderr
+
+
+def test_a_plugin_default_out_of_its_range_can_be_set_by_the_user(tmp_path, monkeypatch):
+    (tmp_path / "bad_default_ok.py").write_text(HEADER + BROKEN["default"][0].replace("BadDefault", "BadDefaultOK"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        spec = load_job(["plugins=[bad_default_ok]", "algorithm=BadDefaultOK", "hparams.smoothing=0.2"])
+        assert spec.hparams["smoothing"] == 0.2
+    finally:
+        _REGISTRY.pop("BadDefaultOK", None)
+        sys.modules.pop("bad_default_ok", None)

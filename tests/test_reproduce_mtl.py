@@ -125,3 +125,16 @@ def test_a_multitask_job_list_for_slurm_arrays_names_the_same_jobs(tmp_path, cap
     planned = {job.job_dir for job in table2_sweep(tmp_path / "sweep", trials=2, datasets=["Cityscapes"],
                                                    algorithms=["STL", "SAGE-SAMO-FairGrad"]).jobs()}  # fmt: skip
     assert {load_job(shlex.split(line)).job_dir for line in lines} == planned
+
+
+@pytest.mark.parametrize("name, what", [("Foo", "is not a registered algorithm"), ("SAM", "is a domain-generalization algorithm")])
+def test_quick_mtl_lists_only_multi_task_rows_as_choices(tmp_path, capsys, name, what):
+    from sage_bench.algorithms.registry import DOMAIN_GENERALIZATION, MULTI_TASK, algorithms
+    from sage_bench.cli import main
+
+    assert main(["reproduce", "quick-mtl", "--algorithms", name, "--results-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{name!r} {what}; valid choices: " in err and "reproduce table1" in err
+    choices = err.split("valid choices: ", 1)[1].split(" (multi-task rows")[0].split(", ")
+    assert set(choices) == {*algorithms(MULTI_TASK), "all"}
+    assert not set(choices) & set(algorithms(DOMAIN_GENERALIZATION))

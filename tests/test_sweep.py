@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shlex
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -403,3 +406,36 @@ def test_wait_for_lock_holder_then_run(tmp_path):
         with job_lock(job_dir, wait_s=0.3):
             pass
     assert time.monotonic() - start >= 0.3
+
+
+def _limited_memory(limit: int):
+    def apply():
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    return apply
+
+
+@pytest.mark.parametrize("steps, freq", [(10**20, 5), (10**9, 1)])
+def test_a_huge_steps_is_counted_not_listed_by_the_disk_estimate(tmp_path, steps, freq):
+    """``sweep launch`` estimates the records of a job of 10**20 steps in a real process under
+    a 4 GB address-space limit (listing every record step exhausts any memory)."""
+    args = ["sweep", "launch", "--output-dir", str(tmp_path / "sweep"), "--datasets", "RotatedDigits", "--algorithms",
+            "ERM", "--test-envs", "0", "--n-hparams", "1", "--n-trials", "1", "--write-jobs", str(tmp_path / "jobs.txt"),
+            f"steps={steps}", f"checkpoint_freq={freq}"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "sage_bench.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=300, preexec_fn=_limited_memory(4 << 30))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "disk: 1 jobs keep" in done.stdout
+    assert len((tmp_path / "jobs.txt").read_text().splitlines()) == 1
+
+
+def test_the_record_count_is_that_of_the_steps_a_job_records():
+    from sage_bench.sweep.disk import _record_steps
+
+    for steps, freq in itertools.product(range(1, 30), range(1, 12)):
+        spec = SimpleNamespace(multi_task=False, steps=steps, checkpoint_freq=freq)
+        recorded = [s for s in range(steps) if s % freq == 0 or s == steps - 1]  # as run/dg.py records
+        assert _record_steps(spec) == len(recorded), (steps, freq)

@@ -107,3 +107,19 @@ def test_weights_that_overflow_are_never_checkpointed(tmp_path, capsys):
     assert main(["train", *overrides]) == 1
     assert "the weights became NaN or infinite at step 0; no checkpoint was saved yet" in capsys.readouterr().err
     assert not checkpoint_path(load_job(overrides).job_dir).exists()
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["+foo=1"], r"unknown config key 'foo' \(added with \+foo=...\); valid keys: algorithm, backbone"),
+        (["+precision.trian=fp32"], r"unknown config key 'precision.trian'.*valid keys of precision: eval, polar, train"),
+        (["+wandb.projet=x"], r"unknown config key 'wandb.projet'.*valid keys of wandb: entity, group, mode, project"),
+        (["+dataset.bar=2"], r"unknown option\(s\) dataset.bar for RotatedDigits; valid options: none"),
+        (["dataset=PACS", "+dataset.eval_cahce=off"], r"dataset.eval_cahce for PACS; valid options: eval_augment, eval_cache"),
+    ],
+)  # fmt: skip
+def test_keys_added_with_plus_that_nothing_knows_are_refused(tmp_path, capsys, overrides, message):
+    assert main(["train", "--dry-run", *overrides, f"output_dir={tmp_path / 'out'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sage-bench: error: ") and re.search(message, err), err

@@ -66,9 +66,9 @@ def register_algorithm(
     def register(cls: type[Algorithm]) -> type[Algorithm]:
         existing = _REGISTRY.get(name)
         if existing is not None and existing.cls is not cls:
-            raise ValueError(
+            raise AlgorithmRegisteredTwice(
                 f"algorithm {name!r} is registered twice ({existing.cls.__module__}.{existing.cls.__qualname__} "
-                f"and {cls.__module__}.{cls.__qualname__})"
+                f"and {cls.__module__}.{cls.__qualname__}); give the second another name"
             )
         _REGISTRY[name] = RegisteredAlgorithm(name, cls, space, task)
         return cls
@@ -76,12 +76,39 @@ def register_algorithm(
     return register
 
 
+class AlgorithmRegisteredTwice(ValueError):
+    """A second class registered under a name that is taken."""
+
+
 class PluginError(UserError, ImportError):
     """A plugin module that cannot be imported."""
 
 
+def _plugin_failure(plugin: str, module: str, exc: BaseException) -> PluginError:
+    """What is wrong with the plugin ``plugin`` (module ``module``) whose import raised ``exc``,
+    and what to do."""
+    if isinstance(exc, AlgorithmRegisteredTwice):
+        return PluginError(f"the plugin {plugin} registers an algorithm under a name that is taken: {exc}")
+    if isinstance(exc, SyntaxError):
+        where = f"{exc.filename}, line {exc.lineno}" if exc.filename else module
+        return PluginError(f"the plugin {plugin} has a syntax error ({where}: {exc.msg}); fix the module")
+    if isinstance(exc, ModuleNotFoundError) and exc.name and module.startswith(exc.name):
+        return PluginError(
+            f"cannot import the plugin {plugin} ({exc}); it must be importable (installed, or on PYTHONPATH)"
+        )
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = f" ({tb.tb_frame.f_code.co_filename}, line {tb.tb_lineno})" if tb is not None else ""
+    return PluginError(
+        f"the plugin {plugin} failed to import: {type(exc).__name__}: {exc}{where}; fix the module "
+        "(`python -c 'import " + module + "'` shows the traceback)"
+    )
+
+
 def load_plugins(modules: list[str] | tuple[str, ...] = ()) -> None:
-    """Import the entry points of group ``sage_bench.algorithms`` (once) and ``modules``."""
+    """Import the entry points of group ``sage_bench.algorithms`` (once) and ``modules``; a
+    plugin that cannot be imported is a ``PluginError`` naming it, the problem and the fix."""
     global _entry_points_loaded
     if not _entry_points_loaded:
         _entry_points_loaded = True
@@ -89,18 +116,13 @@ def load_plugins(modules: list[str] | tuple[str, ...] = ()) -> None:
             try:
                 entry.load()
             except Exception as exc:  # a broken plugin must not hide the built-in algorithms
-                raise PluginError(
-                    f"the algorithm plugin {entry.name!r} ({entry.value}) of an installed package "
-                    f"failed to import: {type(exc).__name__}: {exc}"
-                ) from exc
+                plugin = f"{entry.name!r} ({entry.value}) of an installed package"
+                raise _plugin_failure(plugin, entry.value.split(":")[0], exc) from exc
     for module in modules:
         try:
             importlib.import_module(module)
-        except ImportError as exc:
-            raise PluginError(
-                f"cannot import the plugin module {module!r} ({exc}); it must be importable "
-                "(installed, or on PYTHONPATH)"
-            ) from exc
+        except Exception as exc:
+            raise _plugin_failure(f"module {module!r}", module, exc) from exc
 
 
 def algorithms(task: str | None = None) -> dict[str, RegisteredAlgorithm]:

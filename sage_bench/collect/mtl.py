@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sage_bench.computation import args_that_count
 from sage_bench.data.catalog import MULTITASK_TASKS
 from sage_bench.mtl.delta_m import DELTA_M_BASES, delta_m_from
 from sage_bench.mtl.tasks import metric_suffixes
@@ -126,8 +127,9 @@ def _text(value: Any) -> str:
 
 
 def run_setting(record: dict) -> dict[str, str]:
-    """A record's ``SETTING_ARGS`` as text, dictionaries flattened; a per-task row's task left out."""
-    args = record["args"]
+    """A record's ``SETTING_ARGS`` as text, dictionaries flattened; a per-task row's task and
+    settings that change no number (``sage_bench.computation``) left out."""
+    args = args_that_count(record["args"])
     per_task = PER_TASK_ROWS.get(args["algorithm"])
     values = {}
     for key in SETTING_ARGS:

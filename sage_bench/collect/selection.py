@@ -43,7 +43,8 @@ Three extensions, which change nothing for DomainBed's own sweeps:
   SAGE's place in a table.
 - Runs of one algorithm that differ in what they compute besides their seeds and
   hyperparameters (``SETTING_ARGS``: backbone, optimizer, data set options, steps,
-  ``checkpoint_freq``, holdout fraction, an explicitly set ``seed``, precision) are never
+  ``checkpoint_freq``, holdout fraction, an explicitly set ``seed``, precision; not those that
+  change no number, ``sage_bench.computation``) are never
   selected among as one sweep: each setting is a row of its own, named after the values that
   differ, e.g. ``ERM (backbone=resnet50)`` and ``ERM (backbone=clip_vit_b16)``, or
   ``ERM (seed=1)`` and ``ERM (seed=2)`` for a sweep over ``seed=1,2`` (see ``row_names``). The
@@ -60,6 +61,7 @@ from typing import Any
 
 import numpy as np
 
+from sage_bench.computation import args_that_count
 from sage_bench.seeding import seed_hash
 
 SELECTION_METHODS = ("training-domain", "leave-one-out", "oracle")
@@ -91,7 +93,6 @@ SETTING_ARGS = (
     "backbone", "backbone_options", "optimizer", "optimizer_options", "dataset_options", "steps",
     "checkpoint_freq", "holdout_fraction", "seed", "autocast", "precision", "tf32", "compile",
 )  # fmt: skip
-_NOT_SETTINGS = {"backbone_options.pretrained"}  # where the weights' file lies, not what they are
 DERIVED_SEED = "per job"  # the label of a seed derived from the job, as DomainBed's sweep sets it
 
 
@@ -100,8 +101,10 @@ def _text(value: Any) -> str:
 
 
 def run_setting(record: dict) -> dict[str, str]:
-    """The values of a record's ``SETTING_ARGS`` as text, dictionaries flattened (``backbone_options.weights``)."""
-    args = record["args"]
+    """The values of a record's ``SETTING_ARGS`` as text, dictionaries flattened
+    (``backbone_options.weights``); settings that change no number left out
+    (``sage_bench.computation``: ``dataset_options.eval_cache``, a precision spelled as its default)."""
+    args = args_that_count(record["args"])
     values = {}
     for key in SETTING_ARGS:
         value = args.get(key)
@@ -110,7 +113,7 @@ def run_setting(record: dict) -> dict[str, str]:
         ):
             value = DERIVED_SEED
         if isinstance(value, dict):
-            values.update({f"{key}.{k}": _text(v) for k, v in value.items() if f"{key}.{k}" not in _NOT_SETTINGS})
+            values.update({f"{key}.{k}": _text(v) for k, v in value.items()})
         else:
             values[key] = _text(value)
     return values

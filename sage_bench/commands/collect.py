@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from pathlib import Path
 
 
 def add_parser(subparsers) -> None:
@@ -43,7 +44,12 @@ def add_parser(subparsers) -> None:
         metavar="DIR",
         help="also write PNG figures into DIR (under the chosen selection; training-domain with --selection all)",
     )
-    parser.add_argument("--output", metavar="FILE", help="write the tables to FILE instead of standard output")
+    parser.add_argument(
+        "--output",
+        metavar="FILE",
+        help="write the tables to FILE instead of standard output; csv/json of folders holding both kinds of "
+        "run: one file per kind, FILE's name with .domain_generalization or .multi_task before its suffix",
+    )
     parser.set_defaults(func=run)
 
 
@@ -51,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from sage_bench.collect import find_runs, render
     from sage_bench.collect.loading import bf16_perturbation_runs, mixed_settings
     from sage_bench.errors import UserError
+    from sage_bench.records import DOMAIN_GENERALIZATION, MULTI_TASK
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -74,10 +81,12 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"no finished run with records under {where}; drop --completed-only to include unfinished runs")
         raise UserError(f"no usable records under {where}: the results files are empty or unreadable (see the warnings)")
     dg_records, multitask_records = collection.dg_records, collection.multitask_records
-    if dg_records and multitask_records and args.format in ("csv", "json"):
+    per_kind = bool(dg_records and multitask_records and args.format in ("csv", "json"))
+    if per_kind and not args.output:
         raise UserError(
-            f"the folders hold domain-generalization and multi-task runs, whose {args.format} rows differ; "
-            "collect each kind's folders separately"
+            f"the folders hold domain-generalization and multi-task runs, whose {args.format} rows have different "
+            f"columns: give --output FILE.{args.format}, which writes one file per kind "
+            f"(FILE.{DOMAIN_GENERALIZATION}.{args.format} and FILE.{MULTI_TASK}.{args.format})"
         )
     for message in [*mixed_settings(dg_records), *bf16_perturbation_runs(dg_records)]:
         print(f"warning: {message}", file=sys.stderr)
@@ -92,15 +101,16 @@ def run(args: argparse.Namespace) -> int:
             parts.append(mtl.render(multitask_records, args.format, args.compare_paper))
         for w in caught:
             print(f"warning: {w.message}", file=sys.stderr)
-    text = "\n".join(parts)
-    if args.output:
-        try:
-            with open(args.output, "w", encoding="utf-8") as f:
-                f.write(text)
-        except OSError as exc:
-            raise UserError(f"cannot write --output {args.output}: {exc.strerror}") from exc
+    if per_kind:  # csv, json: one file per kind, each with the columns of that kind alone
+        output = Path(args.output)
+        for kind, part in zip((DOMAIN_GENERALIZATION, MULTI_TASK), parts, strict=True):
+            path = output.with_name(f"{output.stem}.{kind}{output.suffix}")
+            _write(path, part)
+            print(f"wrote {path}", file=sys.stderr)
+    elif args.output:
+        _write(Path(args.output), "\n".join(parts))
     else:
-        sys.stdout.write(text)
+        sys.stdout.write("\n".join(parts))
     if args.plots and dg_records:
         from sage_bench.collect.plots import write_figures
 
@@ -109,3 +119,13 @@ def run(args: argparse.Namespace) -> int:
     if args.plots and multitask_records:
         print("--plots: no figures for multi-task runs (their tables only)", file=sys.stderr)
     return 0
+
+
+def _write(path: Path, text: str) -> None:
+    from sage_bench.errors import UserError
+
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as exc:
+        raise UserError(f"cannot write --output {path}: {exc.strerror}") from exc

@@ -50,7 +50,8 @@ def add_parser(subparsers) -> None:
     cache.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
                        help="processes decoding images (default: every core this process may use)")  # fmt: skip
     cache.add_argument("--force", action="store_true", help="rebuild even when the cache is up to date")
-    cache.add_argument("--verify", action="store_true", help="check the digest of every byte of an existing cache")
+    cache.add_argument("--verify", action="store_true",
+                       help="check the digest of every byte and every image's checksum of an existing cache")  # fmt: skip
     cache.set_defaults(func=run_cache)
 
 
@@ -93,6 +94,7 @@ def run_cache(args: argparse.Namespace) -> int:
     from sage_bench.data.transforms import Preprocess
     from sage_bench.errors import UserError
     from sage_bench.models import backbone_preprocess
+    from sage_bench.sweep.disk import format_bytes
 
     for name in _real_datasets(args.names):
         cls = get_dataset_class(name)
@@ -108,18 +110,23 @@ def run_cache(args: argparse.Namespace) -> int:
         images = sum(len(env) for env in dataset.datasets)
         cache, why_not = open_cache(dataset, size, full_check=args.verify)
         if cache is not None and not args.force:
-            checked = "every byte checked" if args.verify else "sizes and sampled digests checked"
+            checked = "every byte and every image's checksum checked" if args.verify else "sizes and sampled digests checked; every image is checked as a job reads it"
             print(f"{name}: the cache at {cache.path} is up to date ({images:,} images at {size} px; {checked})")
             continue
         if cache is None and not why_not.startswith("none at"):
             print(f"{name}: rebuilding: {why_not}")
         path = cache_path(args.data_dir, name, size)
         need, free = required_bytes(dataset, size), free_bytes(path.parent)
-        print(f"{name}: {images:,} images at {size}x{size} px need {need / 1e9:.2f} GB in {path} "
-              f"({free / 1e9:.2f} GB free there); decoding with {max(1, args.workers)} processes")  # fmt: skip
+        print(f"{name}: {images:,} images at {size}x{size} px need {format_bytes(need)} in {path} "
+              f"({format_bytes(free)} free there); decoding with {max(1, args.workers)} processes")  # fmt: skip
+
+        def waiting(who: str, name: str = name) -> None:
+            print(f"{name}: {who} is building this cache; waiting for it to finish", flush=True)
+
         start = time.time()
         with tqdm(total=images, unit="img", desc=name, dynamic_ncols=True, leave=False) as bar:
-            cache = build_cache(dataset, size, max(1, args.workers), progress=bar.update)
+            cache = build_cache(dataset, size, max(1, args.workers), progress=bar.update, waiting=waiting,
+                                force=args.force)  # fmt: skip
         unreadable = sum(len(cache.unreadable(i)) for i in range(len(dataset.datasets)))
         seconds = time.time() - start
         print(f"{name}: done in {seconds:.0f} s ({images / max(seconds, 1e-9):.0f} images/s), {cache.path}"

@@ -14,10 +14,19 @@ written last. The cache root is ``$SAGE_BENCH_CACHE_DIR`` when set, else
 resize (its ``repr``), whether truncated images are decoded, the Pillow and torchvision
 versions, and per environment the number of images and a digest of its file list (paths
 relative to the data set's folder, and labels). A job uses the cache only when the key equals
-its own; a changed folder or transform makes it stale. A cache is built in a temporary folder
-and renamed into place when complete, so a build that was killed is never used; at every use
-the file sizes (truncation) and a digest of 64 blocks spread over each file (gross corruption)
-are checked, and ``sage-bench data cache --verify`` checks the digest of every byte.
+its own; a changed folder or transform makes it stale (a cache of an older ``FORMAT``, e.g. one
+without checksums, is stale too: it is rebuilt, never used unchecked). A cache is built in a
+temporary folder and renamed into place when complete, so a build that was killed is never used.
+
+Integrity: each environment also has ``env<i>.xxh3``, the XXH3-64 checksum of every image's bytes
+(little-endian uint64, one per image), written at build time. Every image a job reads is checked
+against it as it is read (``CachedSplit``), so a damaged image stops the evaluation with the
+cache's path and the command that rebuilds it, wherever the damage lies. Each image is hashed
+right after it is copied out of the map, while it is in the CPU's cache (about 13 us for a
+224-px image on a loaded 2-core machine; ``benchmarks/eval_input.py`` measures the check's cost
+against reading without it). When a cache is opened, the file sizes (truncation)
+and a digest of 64 blocks spread over each file (gross corruption) are checked first, and
+``sage-bench data cache --verify`` checks the digest of every byte and every image's checksum.
 
 Not covered, on purpose: an image replaced in place by another under the same name (the file
 list is the same; rebuild with ``--force``).
@@ -25,6 +34,7 @@ list is the same; rebuild with ``--force``).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -40,6 +50,7 @@ import numpy as np
 import PIL
 import torch
 import torchvision
+import xxhash
 from PIL import Image
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
 from torchvision.transforms.functional import normalize
@@ -48,11 +59,17 @@ from sage_bench.data.images import MultiEnvironmentImageFolder, UnreadableImageE
 from sage_bench.data.transforms import Preprocess, eval_resize
 from sage_bench.errors import UserError
 
-FORMAT = 1
+FORMAT = 2  # 2: with a checksum per image (``env<i>.xxh3``)
 CACHE_DIR_VARIABLE = "SAGE_BENCH_CACHE_DIR"
 MANIFEST = "manifest.json"
 _SAMPLE_BLOCKS, _BLOCK = 64, 1 << 16
 _CHUNK = 256  # images per decoding task
+CHECKSUM_DTYPE = np.dtype("<u8")
+
+
+def image_checksum(pixels: np.ndarray) -> int:
+    """XXH3-64 of one image's bytes (C-contiguous uint8)."""
+    return xxhash.xxh3_64_intdigest(np.ascontiguousarray(pixels))
 
 
 class CacheError(UserError):
@@ -110,8 +127,9 @@ def required_bytes(dataset: MultiEnvironmentImageFolder, image_size: int) -> int
     return sum(_env_bytes(len(env), image_size) for env in dataset.datasets)
 
 
-def _digests(path: Path, full: bool) -> tuple[str, str | None]:
-    """(digest of 64 blocks spread over the file, digest of every byte or ``None``)."""
+def _digests(path: Path, full: bool, image_bytes: int = 0) -> tuple[str, str | None, np.ndarray | None]:
+    """(digest of 64 blocks spread over the file, digest of every byte or ``None``, and with
+    ``full`` and ``image_bytes`` the checksum of each image of that many bytes)."""
     size = path.stat().st_size
     sample = hashlib.sha256()
     with open(path, "rb") as f:
@@ -119,12 +137,17 @@ def _digests(path: Path, full: bool) -> tuple[str, str | None]:
             f.seek(int(offset))
             sample.update(f.read(_BLOCK))
         if not full:
-            return sample.hexdigest(), None
+            return sample.hexdigest(), None, None
         f.seek(0)
         whole = hashlib.sha256()
-        while block := f.read(1 << 24):
+        checksums = []
+        per_read = max(1, (1 << 24) // image_bytes) * image_bytes if image_bytes else 1 << 24
+        while block := f.read(per_read):
             whole.update(block)
-    return sample.hexdigest(), whole.hexdigest()
+            if image_bytes:
+                view = memoryview(block)
+                checksums += [xxhash.xxh3_64_intdigest(view[i : i + image_bytes]) for i in range(0, len(block), image_bytes)]
+    return sample.hexdigest(), whole.hexdigest(), np.array(checksums, dtype=CHECKSUM_DTYPE) if image_bytes else None
 
 
 def _first_difference(found: dict, expected: dict) -> str:
@@ -151,19 +174,35 @@ class EvalCache:
     def image_size(self) -> int:
         return int(self.manifest["key"]["image_size"])
 
+    def _images(self, env: int) -> int:
+        return int(self.manifest["key"]["environments"][env]["images"])
+
     def pixels(self, env: int) -> np.memmap:
         """Environment ``env``'s images, ``(n, 3, size, size)`` uint8, read-only and memory-mapped."""
-        n, size = self.manifest["key"]["environments"][env]["images"], self.image_size
+        n, size = self._images(env), self.image_size
         return np.memmap(self.path / f"env{env}.u8", dtype=np.uint8, mode="r", shape=(n, 3, size, size))
+
+    def checksums(self, env: int) -> np.ndarray:
+        """The checksum (``image_checksum``) of each image of ``env``, as written when the cache was built."""
+        return np.fromfile(self.path / f"env{env}.xxh3", dtype=CHECKSUM_DTYPE)
 
     def unreadable(self, env: int) -> dict[int, str]:
         """Index -> why, for the images of ``env`` that could not be decoded (stored as zeros)."""
         return {int(i): why for i, why in self.manifest["environments"][env]["unreadable"].items()}
 
+    def split(self, env: int, labels: np.ndarray, indices: Sequence[int], rebuild: str = "",
+              verify: bool = True) -> CachedSplit:  # fmt: skip
+        """The images ``indices`` of ``env``, each checked against its checksum as it is read;
+        a damaged one raises ``DamagedCacheError`` saying to run ``rebuild``. (``verify=False``:
+        unchecked, only to measure what the check costs.)"""
+        check = ImageCheck(self.checksums(env), self.path / f"env{env}.u8", rebuild) if verify else None
+        return CachedSplit(self.pixels(env), labels, indices, check)
+
 
 def open_cache(dataset: MultiEnvironmentImageFolder, image_size: int, full_check: bool = False) -> tuple[EvalCache | None, str]:  # fmt: skip
     """The cache of ``dataset`` at ``image_size`` pixels when it is complete, intact and made for
-    exactly this file list and transform; otherwise ``(None, why not)``."""
+    exactly this file list and transform; otherwise ``(None, why not)``. ``full_check`` reads
+    every byte (the digest of each file and the checksum of each image)."""
     path = cache_path(dataset.data_dir, dataset.name(), image_size)
     manifest_path = path / MANIFEST
     if not manifest_path.exists():
@@ -177,19 +216,36 @@ def open_cache(dataset: MultiEnvironmentImageFolder, image_size: int, full_check
     expected = cache_key(dataset, image_size)
     if found != expected:
         return None, f"the cache at {path} is stale: {_first_difference(found, expected)}"
-    for i, entry in enumerate(manifest["environments"]):
+    environments = manifest.get("environments")
+    if not isinstance(environments, list) or len(environments) != len(expected["environments"]):
+        return None, f"the cache at {path} is stale: its manifest does not describe every environment"
+    image_bytes = 3 * image_size * image_size
+    for i, entry in enumerate(environments):
         file = path / f"env{i}.u8"
         size = file.stat().st_size if file.exists() else -1
         if size != entry["bytes"]:
             return None, f"the cache at {path} is damaged: {file.name} has {size} bytes, not {entry['bytes']}"
-        sample, whole = _digests(file, full_check)
+        checksums = path / f"env{i}.xxh3"
+        want = expected["environments"][i]["images"] * CHECKSUM_DTYPE.itemsize
+        have = checksums.stat().st_size if checksums.exists() else -1
+        if have != want:
+            return None, f"the cache at {path} is damaged: {checksums.name} has {have} bytes, not {want}"
+        sample, whole, per_image = _digests(file, full_check, image_bytes)
         if sample != entry["sample_sha256"] or (whole is not None and whole != entry["sha256"]):
             return None, f"the cache at {path} is damaged: {file.name} does not match its digest"
+        if per_image is not None:
+            bad = np.flatnonzero(per_image != np.fromfile(checksums, dtype=CHECKSUM_DTYPE))
+            if len(bad):
+                return None, f"the cache at {path} is damaged: {len(bad)} image(s) of {file.name} do not match their checksums"
     return EvalCache(path, manifest), ""
 
 
 def rebuild_hint(dataset: MultiEnvironmentImageFolder, image_size: int) -> str:
     return f"sage-bench data cache {dataset.name()} --data-dir {dataset.data_dir} --image-size {image_size}"
+
+
+class DamagedCacheError(CacheError):
+    """An image of the cache that does not match the checksum written when it was built."""
 
 
 # ---------------------------------------------------------------------------------------- build
@@ -219,34 +275,101 @@ def free_bytes(path: Path) -> int:
     return shutil.disk_usage(path).free
 
 
+_READ_ONLY = {errno.EROFS, errno.EACCES, errno.EPERM}
+_FULL = {errno.ENOSPC, errno.EDQUOT}
+
+
+def _write_error(exc: OSError, final: Path) -> CacheError | None:
+    """A clear ``CacheError`` for a cache that cannot be written (read-only folder, full disk)."""
+    where = exc.filename or final.parent
+    if exc.errno in _READ_ONLY:
+        return CacheError(
+            f"cannot write the evaluation cache at {final}: {where} is not writable ({exc.strerror}); "
+            f"make it writable, or set {CACHE_DIR_VARIABLE} to a writable folder (nothing was left behind)"
+        )
+    if exc.errno in _FULL:
+        return CacheError(
+            f"cannot write the evaluation cache at {final}: the disk filled up ({exc.strerror}) while writing "
+            f"{where}; the partial cache was removed. Free some space or set {CACHE_DIR_VARIABLE} to a larger disk"
+        )
+    return None
+
+
+def _allocate(file: Path, size: int) -> None:
+    """Create ``file`` with ``size`` bytes reserved on the disk: a full disk is then an
+    ``OSError`` here, not a ``SIGBUS`` when a memory-mapped page is written later."""
+    fd = os.open(file, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        if size:
+            os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        exc.filename = exc.filename or str(file)
+        raise
+    finally:
+        os.close(fd)
+
+
 def build_cache(dataset: MultiEnvironmentImageFolder, image_size: int, workers: int = 1,
-                progress: Callable[[int], None] | None = None) -> EvalCache:  # fmt: skip
+                progress: Callable[[int], None] | None = None, waiting: Callable[[str], None] | None = None,
+                force: bool = True) -> EvalCache:  # fmt: skip
     """Decode every image of ``dataset`` into a new cache at ``image_size`` pixels, replacing
     any previous one at that place once the new one is complete. ``progress(n)`` is called as
-    ``n`` more images are done. Raises ``CacheError`` when the disk is too small."""
+    ``n`` more images are done.
+
+    One build per cache at a time: a second waits for the first (``waiting(who)`` is called
+    first, naming the process that builds), then uses the cache it made unless ``force``. Raises ``CacheError`` when the disk is too small or
+    fills up, or the folder is not writable; nothing partial is left behind."""
+    from sage_bench.run.lock import JobAlreadyRunning, holder, job_lock
+
     final = cache_path(dataset.data_dir, dataset.name(), image_size)
+    lock_name = f"{final.name}.lock"
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with job_lock(final.parent, wait_s=0, name=lock_name) as lock:
+                lock.remove_on_release = True
+                return _build_locked(dataset, image_size, final, workers, progress)
+        except JobAlreadyRunning:
+            if waiting:
+                waiting(holder(final.parent, lock_name))
+            with job_lock(final.parent, wait_s=float("inf"), name=lock_name) as lock:
+                lock.remove_on_release = True
+                built, _ = open_cache(dataset, image_size)
+                if built is not None and not force:
+                    return built
+                return _build_locked(dataset, image_size, final, workers, progress)
+    except OSError as exc:
+        error = _write_error(exc, final)
+        if error is None:
+            raise
+        raise error from exc
+
+
+def _build_locked(dataset: MultiEnvironmentImageFolder, image_size: int, final: Path, workers: int,
+                  progress: Callable[[int], None] | None) -> EvalCache:  # fmt: skip
+    from sage_bench.sweep.disk import format_bytes as format_size
+
     need = required_bytes(dataset, image_size)
     free = free_bytes(final.parent)
     if need * 1.01 > free:
         raise CacheError(
-            f"the {dataset.name()} cache at {image_size} px needs {need / 1e9:.2f} GB, but {final.parent} "
-            f"has {free / 1e9:.2f} GB free; free some space or set {CACHE_DIR_VARIABLE} to a larger disk"
+            f"the {dataset.name()} cache at {image_size} px needs {format_size(need)}, but {final.parent} "
+            f"has {format_size(free)} free; free some space or set {CACHE_DIR_VARIABLE} to a larger disk"
         )
-    final.parent.mkdir(parents=True, exist_ok=True)
-    for leftover in final.parent.glob(f"{final.name}.partial-*"):  # from a build that was killed
-        shutil.rmtree(leftover, ignore_errors=True)
+    for leftover in [*final.parent.glob(f"{final.name}.partial-*"), *final.parent.glob(f"{final.name}.old-*")]:
+        shutil.rmtree(leftover, ignore_errors=True)  # from a build that was killed (builds hold the lock)
     partial = final.with_name(f"{final.name}.partial-{os.getpid()}")
-    partial.mkdir()
-    key = cache_key(dataset, image_size)
-    tasks = []
-    for i, env in enumerate(dataset.datasets):
-        shape = (len(env), 3, image_size, image_size)
-        np.memmap(partial / f"env{i}.u8", dtype=np.uint8, mode="w+", shape=shape).flush()
-        for start in range(0, len(env), _CHUNK):
-            paths = list(env.paths[start : start + _CHUNK])
-            tasks.append((i, (str(partial / f"env{i}.u8"), shape, start, paths, image_size, dataset.load_truncated)))
-    unreadable: list[dict[int, str]] = [{} for _ in dataset.datasets]
     try:
+        partial.mkdir()
+        key = cache_key(dataset, image_size)
+        tasks = []
+        for i, env in enumerate(dataset.datasets):
+            shape = (len(env), 3, image_size, image_size)
+            _allocate(partial / f"env{i}.u8", _env_bytes(len(env), image_size))
+            for start in range(0, len(env), _CHUNK):
+                paths = list(env.paths[start : start + _CHUNK])
+                tasks.append((i, (str(partial / f"env{i}.u8"), shape, start, paths, image_size, dataset.load_truncated)))
+        unreadable: list[dict[int, str]] = [{} for _ in dataset.datasets]
         if workers <= 1:
             results = ((i, _decode_chunk(*args)) for i, args in tasks)
             for (i, args), (_, bad) in zip(tasks, results, strict=True):
@@ -263,7 +386,9 @@ def build_cache(dataset: MultiEnvironmentImageFolder, image_size: int, workers: 
         environments = []
         for i in range(len(dataset.datasets)):
             file = partial / f"env{i}.u8"
-            sample, whole = _digests(file, full=True)
+            sample, whole, checksums = _digests(file, full=True, image_bytes=3 * image_size * image_size)
+            with open(partial / f"env{i}.xxh3", "wb") as f:
+                f.write(checksums.tobytes())
             environments.append({
                 "bytes": file.stat().st_size, "sample_sha256": sample, "sha256": whole,
                 "unreadable": {str(k): v for k, v in sorted(unreadable[i].items())},
@@ -284,21 +409,55 @@ def build_cache(dataset: MultiEnvironmentImageFolder, image_size: int, workers: 
 # ------------------------------------------------------------------------------------------ use
 
 
+@dataclass
+class ImageCheck:
+    """The checksums an environment's images are checked against as they are read, and what
+    to say when one does not match."""
+
+    checksums: np.ndarray
+    file: Path
+    rebuild: str  # the command that rebuilds the cache
+
+    def __post_init__(self) -> None:
+        self._expected = self.checksums.tolist()  # Python ints: compared without NumPy scalars
+
+    def __call__(self, row: int, image: np.ndarray) -> None:
+        """Raise ``DamagedCacheError`` unless ``image`` (row ``row``) has its checksum."""
+        if xxhash.xxh3_64_intdigest(image) != self._expected[row]:
+            raise DamagedCacheError(
+                f"the evaluation cache at {self.file.parent} is damaged: image {int(row)} of {self.file.name} "
+                "does not match the checksum written when the cache was built, so this evaluation "
+                f"stopped rather than report a wrong accuracy. Rebuild the cache with\n    {self.rebuild}\n"
+                "then run the job again (it resumes from its last checkpoint), or run it with "
+                "dataset.eval_cache=off"
+            )
+
+
 class CachedSplit(Dataset):
     """Some images of one environment from the cache: ``split[[p, q, ...]]`` is a batch
-    ``(uint8 pixels (B, 3, size, size), labels (B,))`` of the split's positions ``p, q, ...``."""
+    ``(uint8 pixels (B, 3, size, size), labels (B,))`` of the split's positions ``p, q, ...``,
+    each image checked by ``check`` (``EvalCache.split``) as it is read."""
 
-    def __init__(self, pixels: np.ndarray, labels: np.ndarray, indices: Sequence[int]):
+    def __init__(self, pixels: np.ndarray, labels: np.ndarray, indices: Sequence[int], check: ImageCheck | None = None):
         self.pixels = pixels
         self.labels = labels
         self.indices = np.asarray(indices, dtype=np.int64)
+        self.check = check
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         rows = self.indices[positions]
-        return torch.from_numpy(self.pixels[rows]), torch.from_numpy(self.labels[rows])
+        if self.check is None:
+            pixels = self.pixels[rows]
+        else:  # each image checked right after it is copied, while it is in the CPU's cache
+            source = self.pixels.view(np.ndarray)  # the mapped bytes, without np.memmap's per-row overhead
+            pixels = np.empty((len(rows), *source.shape[1:]), dtype=np.uint8)
+            for k, row in enumerate(rows.tolist()):
+                pixels[k] = source[row]
+                self.check(row, pixels[k])
+        return torch.from_numpy(pixels), torch.from_numpy(self.labels[rows])
 
 
 def readable_indices(indices: Sequence[int], unreadable: dict[int, str], n: int, on_unreadable: str,

@@ -80,12 +80,17 @@ def _timm_cfg(model_name: str) -> dict[str, Any]:
 
 
 class TimmFeaturizer(nn.Module):
-    """A timm model without its classifier: images -> pooled features (``n_outputs``)."""
+    """A timm model without its classifier: images -> pooled features (``n_outputs``).
+
+    The pooled output's size is timm's ``head_hidden_size`` where the model has one: it differs
+    from ``num_features`` (the last feature map's channels) in models whose head adds a layer
+    after pooling (MobileNetV3, GhostNet, LCNet, HGNetV2, ...); older timm versions have only
+    ``num_features``."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
-        self.n_outputs = int(model.num_features)
+        self.n_outputs = int(getattr(model, "head_hidden_size", None) or model.num_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)

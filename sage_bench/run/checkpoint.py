@@ -11,9 +11,10 @@ averages them) and, for a multi-task job, its learning-rate scheduler's state. A
 measure the machine, not the run).
 
 It also holds what defines the computation besides the job's identity: the resolved
-hyperparameters, the records' ``args`` (where the job runs aside: ``data_dir``, ``output_dir``,
-``device``) and the sage-bench version. A job resumes only when they are unchanged
-(``check_computation``): after an upgrade that changed a default, the optimizer state of the old
+hyperparameters, the records' ``args`` and the sage-bench version. A job resumes only when they
+are unchanged but for settings that change no number (``check_computation``, by the rule of
+``sage_bench.computation``: where the job runs, the evaluation cache, a precision spelled as its
+resolved default may differ): after an upgrade that changed a default, the optimizer state of the old
 values must not continue under records that claim the new ones.
 
 The file is written to a temporary name and renamed over the previous one, so a job killed
@@ -44,15 +45,13 @@ import numpy as np
 import torch
 
 from sage_bench import __version__
+from sage_bench.computation import PLACE_ARGS, args_that_count
 from sage_bench.errors import UserError
 
 CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT = "sage-bench checkpoint"
 VERSION = 2  # 2: with the computation (hyperparameters, args, version) and the probe's state
 
-# ``args`` of the records that say where a job runs, not what it computes: they may change
-# between a stop and a resume (a requeue on another node, a sweep folder moved)
-PLACE_ARGS = ("data_dir", "output_dir", "device")
 
 # Signals that stop a job after the current step: SLURM and most schedulers send SIGTERM before
 # killing a job (preemption, scancel, requeue); submitit asks for SLURM's pre-timeout signal as
@@ -157,8 +156,11 @@ def check_computation(checkpoint: Checkpoint, expected: Mapping[str, Any], path:
         differences.append(f"sage-bench {stored.get('sage_bench')} wrote it, this is {expected['sage_bench']}")
     for section in ("hparams", "args"):
         old, new = stored.get(section, {}), expected[section]
-        for key in sorted(set(old) | set(new)):
-            if old.get(key, "<unset>") != new.get(key, "<unset>"):
+        counted_old, counted_new = old, new
+        if section == "args":  # settings that change no number never refuse a resume
+            counted_old, counted_new = args_that_count(old), args_that_count(new)
+        for key in sorted(set(counted_old) | set(counted_new)):
+            if counted_old.get(key, "<unset>") != counted_new.get(key, "<unset>"):  # said as written
                 differences.append(f"{section}.{key} was {old.get(key, '<unset>')!r}, now {new.get(key, '<unset>')!r}")
     if differences:
         raise CheckpointMismatch(
@@ -344,12 +346,13 @@ def restore_checkpoint(
         raise UnusableCheckpoint(f"checkpoint does not fit this job: {reason}") from exc
 
 
-def set_aside(job_dir: str | os.PathLike) -> Path | None:
-    """Rename an unusable checkpoint to ``checkpoint.pt.unusable-<UTC time>`` (kept for a look,
-    never resumed from); return its new path, or ``None`` when there was none."""
+def set_aside(job_dir: str | os.PathLike, why: str = "unusable") -> Path | None:
+    """Rename the checkpoint to ``checkpoint.pt.<why>-<UTC time>`` (kept for a look, never
+    resumed from): ``unusable`` for one that cannot be resumed, ``before-start-over`` for a good
+    one a user chose to start over from; return its new path, or ``None`` when there was none."""
     path = checkpoint_path(job_dir)
     path.with_name(path.name + ".tmp").unlink(missing_ok=True)
-    base = f"{path.name}.unusable-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    base = f"{path.name}.{why}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
     aside, n = path.with_name(base), 1
     while aside.exists():
         n += 1

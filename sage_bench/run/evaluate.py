@@ -14,7 +14,7 @@ def accuracy(algorithm: Algorithm, loader: DataLoader, device: torch.device) -> 
     with the algorithm's evaluation precision (``algorithm.eval_autocast()``)."""
     was_training = algorithm.training
     algorithm.eval()
-    correct = 0
+    correct = torch.zeros((), dtype=torch.int64, device=device)
     total = 0
     try:
         for x, y in loader:
@@ -22,10 +22,12 @@ def accuracy(algorithm: Algorithm, loader: DataLoader, device: torch.device) -> 
             y = y.to(device, non_blocking=True)
             with algorithm.eval_autocast():
                 logits = algorithm.predict(x)
-            correct += (logits.argmax(dim=1) == y).sum().item()
+            # counted on the device, read once per split: the CPU reads (and checks) the next
+            # batch while the GPU computes this one
+            correct += (logits.argmax(dim=1) == y).sum()
             total += len(y)
     finally:
         algorithm.train(was_training)
     if total == 0:
         raise ValueError("cannot compute an accuracy on an empty split")
-    return correct / total
+    return int(correct.item()) / total

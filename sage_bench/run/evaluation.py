@@ -9,7 +9,9 @@
 - A split whose evaluation is deterministic (a test environment always; a training environment
   when the data set evaluates it without augmentation, ``dataset.eval_augment=false``) reads its
   pixels from the evaluation cache (``sage_bench.data.eval_cache``) when ``dataset.eval_cache``
-  is ``auto`` and a valid cache exists, or ``require`` (then a missing cache stops the job).
+  is ``auto`` and a valid cache exists, or ``require`` (then a missing cache stops the job). Each
+  cached image is checked against its checksum as it is read: a damaged cache stops the job
+  (``DamagedCacheError``, exit 2) with the command that rebuilds it, never a wrong accuracy.
 
 Evaluation leaves the job's random stream as DomainBed's full evaluation leaves it. Every
 evaluation loader draws one number from the global generator when iterated (its base seed); a
@@ -36,7 +38,6 @@ from sage_bench.algorithms.base import Algorithm
 from sage_bench.config import JobSpec
 from sage_bench.data.base import MultiDomainDataset
 from sage_bench.data.eval_cache import (
-    CachedSplit,
     CacheError,
     cached_loader,
     open_cache,
@@ -128,7 +129,7 @@ def _cached_split(cache, dataset: MultiEnvironmentImageFolder, env: int, subset:
     for index in sorted(set(subset.indices) & set(unreadable)):
         warnings.warn(f"skipping unreadable image {environment.paths[index].decode(errors='replace')}: "
                       f"{unreadable[index]}", stacklevel=2)  # fmt: skip
-    split = CachedSplit(cache.pixels(env), environment.targets, indices)
+    split = cache.split(env, environment.targets, indices, rebuild=rebuild_hint(dataset, preprocess.image_size) + " --force")
     return cached_loader(split, preprocess, spec.eval_batch_size, device, pin)
 
 

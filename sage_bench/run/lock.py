@@ -17,7 +17,12 @@ The lock is what the file system supports:
   longer than that, or on a host whose clock is that far off, can lose its lock).
 
 A lock is only held on a file that is still the folder's: a process that waited for the lock
-of a folder that was deleted meanwhile starts over on the new folder.
+of a folder that was deleted meanwhile starts over on the new folder. So the holder may delete
+its lock file before it lets go (``Lock.remove_on_release``): a finished job leaves no ``lock``
+behind, and whoever waited takes a new one.
+
+The same lock, under another file name (``name``), keeps two ``sage-bench data cache`` runs from
+building one evaluation cache at once.
 """
 
 from __future__ import annotations
@@ -52,38 +57,47 @@ class JobAlreadyRunning(UserError):
     """Another process is running this job."""
 
 
+class Lock:
+    """A held lock (``job_lock``). Set ``remove_on_release`` to delete its file when letting go."""
+
+    def __init__(self) -> None:
+        self.remove_on_release = False
+
+
 @contextmanager
-def job_lock(job_dir: str | os.PathLike, wait_s: float = 5.0) -> Iterator[None]:
-    """Hold the job's lock for the duration of the block (the folder is created if missing).
+def job_lock(job_dir: str | os.PathLike, wait_s: float = 5.0, name: str = LOCK_FILE) -> Iterator[Lock]:
+    """Hold the lock of folder ``job_dir`` for the duration of the block (the folder is created
+    if missing); its file is ``job_dir/name`` (``name.owner`` where ``flock`` is unsupported).
 
     Waits up to ``wait_s`` seconds (``sage-bench sweep status`` holds it for an instant when it
-    looks), then raises ``JobAlreadyRunning``.
+    looks; ``float("inf")``: as long as it takes), then raises ``JobAlreadyRunning``.
     """
     job_dir = Path(job_dir)
     deadline = time.monotonic() + wait_s
     while True:
-        lock = _try_lock(job_dir)
+        lock = _try_lock(job_dir, name)
         if lock is _RETRY:
             continue
         if lock is not None:
             break
         if time.monotonic() >= deadline:
             raise JobAlreadyRunning(
-                f"{job_dir} is already being run by {holder(job_dir)}; wait for it to finish "
+                f"{job_dir} is already being run by {holder(job_dir, name)}; wait for it to finish "
                 "or stop it first"
             )
         time.sleep(0.1)
+    handle = Lock()
     try:
-        yield
+        yield handle
     finally:
-        lock.release()
+        lock.release(handle.remove_on_release)
 
 
-def holder(job_dir: str | os.PathLike) -> str:
-    """Who holds the job's lock, as its lock file says (``pid N on HOST``)."""
-    for name in (OWNER_FILE, LOCK_FILE):
+def holder(job_dir: str | os.PathLike, name: str = LOCK_FILE) -> str:
+    """Who holds the lock, as its lock file says (``pid N on HOST``)."""
+    for file in (f"{name}.owner", name):
         try:
-            text = (Path(job_dir) / name).read_text(encoding="utf-8", errors="replace")
+            text = (Path(job_dir) / file).read_text(encoding="utf-8", errors="replace")
         except OSError:
             continue
         match = re.match(r"pid \d+ on \S+", text)
@@ -116,11 +130,16 @@ def is_running(job_dir: str | os.PathLike) -> bool:
 
 
 class _Flock:
-    def __init__(self, f: IO[str]):
+    def __init__(self, f: IO[str], path: Path):
         self.f = f
+        self.path = path
 
-    def release(self) -> None:
+    def release(self, remove: bool = False) -> None:
         try:
+            if remove and _same_file(self.f, self.path):
+                # deleted while still held: a process waiting on this file finds it is no
+                # longer the folder's and takes a new one (see ``_try_lock``)
+                self.path.unlink(missing_ok=True)
             fcntl.flock(self.f.fileno(), fcntl.LOCK_UN)
         finally:
             self.f.close()
@@ -136,11 +155,12 @@ def _same_file(f: IO[str], path: Path) -> bool:
     return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
 
 
-def _try_lock(job_dir: Path) -> _Flock | _OwnerFile | object | None:
-    """The job's lock, ``None`` when another process holds it, ``_RETRY`` when the folder
+def _try_lock(job_dir: Path, name: str = LOCK_FILE) -> _Flock | _OwnerFile | object | None:
+    """The folder's lock, ``None`` when another process holds it, ``_RETRY`` when the folder
     changed under the attempt."""
     job_dir.mkdir(parents=True, exist_ok=True)
-    path = job_dir / LOCK_FILE
+    path = job_dir / name
+    owner = job_dir / f"{name}.owner"
     try:
         f = open(path, "a+", encoding="utf-8")
     except FileNotFoundError:  # the folder was deleted after mkdir
@@ -154,18 +174,18 @@ def _try_lock(job_dir: Path) -> _Flock | _OwnerFile | object | None:
         f.close()
         if exc.errno not in _UNSUPPORTED:
             raise
-        return _OwnerFile.acquire(job_dir)
+        return _OwnerFile.acquire(owner)
     if not _same_file(f, path):  # deleted (or replaced) while this process waited for it
         f.close()
         return _RETRY
-    if _owner_alive(job_dir / OWNER_FILE):  # a process on a mount without flock holds it
+    if _owner_alive(owner):  # a process on a mount without flock holds it
         f.close()
         return None
     f.seek(0)
     f.truncate()
     f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
     f.flush()
-    return _Flock(f)
+    return _Flock(f, path)
 
 
 # -- lock.owner, where flock is not supported ------------------------------------------------
@@ -207,8 +227,7 @@ class _OwnerFile:
         self._thread.start()
 
     @classmethod
-    def acquire(cls, job_dir: Path) -> _OwnerFile | object | None:
-        path = job_dir / OWNER_FILE
+    def acquire(cls, path: Path) -> _OwnerFile | object | None:
         text = f"pid {os.getpid()} on {socket.gethostname()} token {uuid.uuid4().hex}\n"
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -236,10 +255,12 @@ class _OwnerFile:
                 except OSError:
                     pass
 
-    def release(self) -> None:
+    def release(self, remove: bool = False) -> None:
         self._stop.set()
         self._thread.join()
         if self._mine():
+            if remove:  # the empty file flock was tried on
+                self.path.with_name(self.path.name.removesuffix(".owner")).unlink(missing_ok=True)
             self.path.unlink(missing_ok=True)
 
 

@@ -99,14 +99,15 @@ def run_job(spec: JobSpec, console: bool = True, start_over: bool = False) -> Pa
             print(f"{job_dir}: already done")
         return job_dir
     job_dir.mkdir(parents=True, exist_ok=True)
-    with job_lock(job_dir):
+    with job_lock(job_dir) as lock:
         if is_done(job_dir):  # finished by another process while this one waited for the lock
             print(f"{job_dir}: already done")
+            lock.remove_on_release = True
             return job_dir
         with _job_logger(job_dir, console) as log, Tracker(log) as tracker, ckpt.StopSignals() as stop:
             (job_dir / ERROR_FILE).unlink(missing_ok=True)
             try:
-                if start_over and (aside := ckpt.set_aside(job_dir)) is not None:
+                if start_over and (aside := ckpt.set_aside(job_dir, "before-start-over")) is not None:
                     log.warning(f"starting over from step 0 as asked; the checkpoint is now {aside}")
                 try:
                     _train(spec, job_dir, log, stop, tracker)
@@ -131,6 +132,7 @@ def run_job(spec: JobSpec, console: bool = True, start_over: bool = False) -> Pa
                 raise
             finally:
                 close_loaders()  # the job's loader workers end with it
+        lock.remove_on_release = is_done(job_dir)  # a finished job's folder keeps no lock file
     return job_dir
 
 

@@ -40,9 +40,12 @@ def format_bytes(n: float) -> str:
 
 
 def _record_steps(spec: JobSpec) -> int:
+    """How many records a job writes: one per epoch (multi-task), or at every step ``s`` with
+    ``s % checkpoint_freq == 0`` and at the last step (counted, not listed: ``steps`` may be huge)."""
     if spec.multi_task:
         return spec.epochs
-    return len(set(range(0, spec.steps, spec.checkpoint_freq)) | {spec.steps - 1})
+    periodic = -(-spec.steps // spec.checkpoint_freq)  # 0, freq, 2 freq, ... below steps
+    return periodic + ((spec.steps - 1) % spec.checkpoint_freq != 0)
 
 
 def _record_values(spec: JobSpec) -> list[str]:
