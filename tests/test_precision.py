@@ -191,7 +191,9 @@ def _batches(n_domains=3, seed=0):
 def test_perturbation_algorithms_report_what_the_perturbation_does(name):
     torch.manual_seed(0)
     net = _Net()
-    algorithm = build_algorithm(name, net, torch.optim.SGD(net.parameters(), lr=0.1), {"rho": 1e-2})
+    algorithm = build_algorithm(
+        name, net, torch.optim.SGD(net.parameters(), lr=0.1), {"rho": 1e-2}, perturbation="difference"
+    )
     stats = algorithm.update(_batches())
     assert stats["grad_change"] > 0 and "perturbation_fidelity" not in stats  # measured only when asked
     algorithm.measure_fidelity = True
@@ -238,7 +240,7 @@ def test_noise_ratio_is_the_added_noise_over_the_perturbed_gradient():
 @pytest.mark.slow
 def test_bf16_job_at_the_papers_rho_records_low_fidelity_and_warns(tmp_path, capsys):
     common = ["dataset=RotatedDigits", "algorithm=SAGE", "device=cpu", "hparams.rho=1e-6", "steps=2",
-              "checkpoint_freq=1", "progress=false", f"output_dir={tmp_path}"]  # fmt: skip
+              "checkpoint_freq=1", "progress=false", f"output_dir={tmp_path}", "perturbation=difference"]  # fmt: skip
     assert main(["train", *common, "precision.train=bf16"]) == 0
     err = capsys.readouterr().err
     job = load_job([*common, "precision.train=bf16"]).job_dir

@@ -195,7 +195,9 @@ class TwoPassAlgorithm(PerturbedGradient, Algorithm):
         stats = {"grad_change": relative_difference(grads_adv, grads), **self.probe_stats()}
         if self.measure_fidelity:
             rounding = forward_rounding(self.network, params, self.autocast_dtype)
-            stats["perturbation_fidelity"] = perturbation_fidelity(params, perturbation, rounding)
+            # the linearized product computes with the direction itself, rounded as a weight would be
+            at = [torch.zeros_like(p) for p in params] if self.perturbation_in_use().method == "linearized" else params
+            stats["perturbation_fidelity"] = perturbation_fidelity(at, perturbation, rounding)
         return stats
 
 
