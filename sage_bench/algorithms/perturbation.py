@@ -38,7 +38,7 @@ from sage_bench.geometry.linearized import Candidate, ChangeProbe, choose, linea
 PERTURBATION_METHODS = ("auto", "difference", "linearized")
 DEFAULT_PERTURBATION = "auto"
 DEFAULT_TOLERANCE = 0.01
-ERROR_WARNING = 0.05  # a recorded perturbation_error above this is reported by the collector
+ERROR_WARNING = 0.05  # a recorded perturbation_error above this is reported (collect.loading has a copy)
 # the candidates of ``auto`` when the training precision is left to it on CUDA, cheapest first
 AUTO_CANDIDATES = (
     Candidate("difference", torch.bfloat16),

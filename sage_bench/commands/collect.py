@@ -49,7 +49,11 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sage_bench.collect import find_runs, render
-    from sage_bench.collect.loading import bf16_perturbation_runs, mixed_settings
+    from sage_bench.collect.loading import (
+        bf16_perturbation_runs,
+        inexact_perturbation_runs,
+        mixed_settings,
+    )
     from sage_bench.errors import UserError
 
     with warnings.catch_warnings(record=True) as caught:
@@ -79,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
             f"the folders hold domain-generalization and multi-task runs, whose {args.format} rows differ; "
             "collect each kind's folders separately"
         )
-    for message in [*mixed_settings(dg_records), *bf16_perturbation_runs(dg_records)]:
+    inexact = inexact_perturbation_runs(records)
+    for message in [*mixed_settings(dg_records), *bf16_perturbation_runs(dg_records), *inexact]:
         print(f"warning: {message}", file=sys.stderr)
     parts = []
     if dg_records:

@@ -91,7 +91,7 @@ def _grads_and_losses(network: nn.Module, names: list[str], loss_fn: LossFn):
 
     def losses_of(values: tuple[torch.Tensor, ...]) -> torch.Tensor:
         losses = functional_call(closure, dict(zip(names, values, strict=True)), ())
-        return losses.float().reshape(-1)
+        return (losses if losses.dtype in (torch.float32, torch.float64) else losses.float()).reshape(-1)
 
     def grads(values: tuple[torch.Tensor, ...]):
         losses, pullback = vjp(losses_of, values)

@@ -21,9 +21,10 @@ def accelerate(algorithm: Algorithm, device: torch.device, precision: Precision,
     """
     algorithm.autocast_dtype = precision.train
     algorithm.eval_autocast_dtype = precision.eval
-    if precision.train_follows_perturbation and isinstance(algorithm, PerturbedGradient):
-        # perturbation=auto picks the training precision too: among bf16 and float32
-        algorithm.configure_perturbation(algorithm.perturbation, algorithm.perturbation_tolerance, AUTO_CANDIDATES)
+    if isinstance(algorithm, PerturbedGradient):
+        # with precision.train=auto, perturbation=auto picks the training precision too (CUDA)
+        candidates = AUTO_CANDIDATES if precision.train_follows_perturbation else None
+        algorithm.configure_perturbation(algorithm.perturbation, algorithm.perturbation_tolerance, candidates)
     if hasattr(algorithm, "polar_dtype"):
         algorithm.polar_dtype = precision.polar
     if device.type == "cuda":
