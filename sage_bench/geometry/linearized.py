@@ -15,6 +15,10 @@ order, so its error grows like ``||e||`` relative to the change (``O(rho^2)`` ab
 
 Two kernel choices are made for the product (both for the pass of the product only):
 
+- the product is forward-over-reverse; where a kernel of the network has no forward-mode
+  derivative in the training precision (PyTorch 2.x CPU bf16 autocast: a convolution after a
+  normalisation layer), the network falls back to reverse-over-reverse (double backward) for
+  good, the same product at the memory of a backward graph kept for a second backward;
 - attention runs on PyTorch's math kernel (``torch.nn.attention.sdpa_kernel(SDPBackend.MATH)``):
   the fused SDPA kernels (flash, memory-efficient, cuDNN, and the CPU's flash kernel) have no
   forward-mode derivative. The math kernel computes the same attention unfused, at its memory
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -113,16 +118,51 @@ def linearized_change(
     the backward formulas need operands of one type). Gradients and changes are lists (one per loss) of
     tensors shaped like ``params``. A zero ``e`` gives exactly zero changes."""
     names = _names(network, params)
+    perturbation = [e.detach() for e in perturbation]  # a direction, not a function of w (SAGE's scales by ||W||)
     scale = global_norm(perturbation).to(torch.float32)
     tiny = torch.finfo(torch.float32).tiny
     direction = tuple((e / scale.clamp_min(tiny)).to(p.dtype) for p, e in zip(params, perturbation, strict=True))
     primals = tuple(p.detach() for p in params)
-    with sdpa_kernel(SDPBackend.MATH), batch_statistics_only(network), autocast():
-        grads, products, losses = jvp(
-            _grads_and_losses(network, names, loss_fn), (primals,), (direction,), has_aux=True
-        )
+    # each attempt in an autocast region of its own: autocast caches its casts of the weights
+    # for the region, and a failed attempt must not leave casts behind
+    with sdpa_kernel(SDPBackend.MATH), batch_statistics_only(network):
+        if _REVERSE_ONLY.get(network) is None:
+            try:
+                with autocast():
+                    grads, products, losses = jvp(
+                        _grads_and_losses(network, names, loss_fn), (primals,), (direction,), has_aux=True
+                    )
+            except RuntimeError as exc:  # a kernel without a forward-mode derivative in this precision
+                _REVERSE_ONLY[network] = str(exc).splitlines()[0]
+        if _REVERSE_ONLY.get(network) is not None:
+            with autocast():
+                grads, products, losses = _reverse_over_reverse(params, direction, loss_fn)
     changes = [[scale.to(h.dtype) * h for h in per_loss] for per_loss in products]
     return losses, [list(g) for g in grads], changes
+
+
+# networks whose forward-over-reverse product failed (the reason): they use reverse-over-reverse
+_REVERSE_ONLY: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
+
+
+def _reverse_over_reverse(params: Tensors, direction: Tensors, loss_fn: LossFn):
+    """The same product by differentiating ``<g(w), u>`` once more (double backward): for
+    networks where a kernel has no forward-mode derivative in the training precision (PyTorch
+    2.x's CPU bf16 autocast gives a convolution after a normalisation layer a float32 tangent
+    and fails), at the memory of a backward graph kept for the second backward."""
+    losses = loss_fn()
+    losses = (losses if losses.dtype in (torch.float32, torch.float64) else losses.float()).reshape(-1)
+    grads, products = [], []
+    for k in range(losses.numel()):
+        g = torch.autograd.grad(losses[k], list(params), create_graph=True, allow_unused=True)
+        g = [torch.zeros_like(p) if gi is None else gi for p, gi in zip(params, g, strict=True)]
+        dot = sum((gi.float() * u.float()).sum() for gi, u in zip(g, direction, strict=True))
+        last = k == losses.numel() - 1
+        h = torch.autograd.grad(dot, list(params), retain_graph=not last, allow_unused=True) if dot.requires_grad else None
+        h = [torch.zeros_like(p) if h is None or hi is None else hi.detach() for p, hi in zip(params, h or params, strict=True)]
+        grads.append([gi.detach() for gi in g])
+        products.append(h)
+    return grads, products, losses.detach()
 
 
 def linearized_grad(
@@ -134,7 +174,7 @@ def linearized_grad(
     losses, grads, changes = linearized_change(network, params, perturbation, loss_fn, autocast)
     perturbed_grads = [torch._foreach_add(g, c) for g, c in zip(grads, changes, strict=True)]
     slopes = torch.stack(
-        [sum((gi.float() * e.float()).sum() for gi, e in zip(g, perturbation, strict=True)) for g in grads]
+        [sum((gi.float() * e.detach().float()).sum() for gi, e in zip(g, perturbation, strict=True)) for g in grads]
     )
     return losses + slopes, perturbed_grads
 
