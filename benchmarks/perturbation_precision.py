@@ -118,7 +118,8 @@ def step_times(args, device) -> None:
     for label, (name, method, dtype) in VARIANTS.items():
         torch.manual_seed(0)
         net = vit_tiny(args.image_size).to(device)
-        algorithm = build_algorithm(name, net, torch.optim.Adam(net.parameters(), 1e-6), {"rho": 1e-6, "gamma": 1e-6},
+        hparams = {"rho": 1e-6, "gamma": 1e-6} if name == "SAGE" else {}
+        algorithm = build_algorithm(name, net, torch.optim.Adam(net.parameters(), 1e-6), hparams,
                                     perturbation=method, num_domains=3)  # fmt: skip
         algorithm.autocast_dtype = dtype
         algorithm.update(batches)  # warm-up
