@@ -193,6 +193,21 @@ def test_auto_measures_chooses_and_keeps_its_choice_in_the_state(name):
     assert other.perturbation_choice()["perturbation_method"] == "linearized"
 
 
+def test_a_restored_choice_sets_the_training_precision():
+    """precision.train=auto on CUDA: the job starts in float32 and trains in what auto chose; a
+    resumed job must train its next clean pass in that precision too (emulated on the CPU)."""
+    algorithm = _algorithm("SAGE", "auto", rho=1e-6)
+    algorithm.configure_perturbation("auto", 100.0, AUTO_CANDIDATES)  # anything goes: the cheapest, bf16
+    algorithm.update(_batches())
+    chosen = algorithm.perturbation_in_use()
+    assert chosen == Candidate("difference", BF16) and algorithm.autocast_dtype == BF16
+    resumed = _algorithm("SAGE", "auto", rho=1e-6)
+    resumed.configure_perturbation("auto", 100.0, AUTO_CANDIDATES)  # the runner: float32 to start
+    assert resumed.autocast_dtype is None
+    resumed.load_state_dict(algorithm.state_dict())
+    assert resumed.perturbation_in_use() == chosen and resumed.autocast_dtype == chosen.dtype
+
+
 def test_auto_in_float32_is_the_difference_and_measures_nothing():
     auto, difference = _algorithm("SAGE", "auto", rho=1e-3), _algorithm("SAGE", "difference", rho=1e-3)
     difference.load_state_dict(auto.state_dict())

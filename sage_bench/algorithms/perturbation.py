@@ -88,7 +88,15 @@ class PerturbedGradient:
         if "perturbation_index" not in self._buffers:
             device = next(self.network.parameters()).device
             self.register_buffer("perturbation_index", torch.tensor(-1, device=device))
+            self.register_load_state_dict_post_hook(lambda module, keys: module._follow_choice())
         return self._buffers["perturbation_index"]
+
+    def _follow_choice(self) -> None:
+        """After a checkpoint is loaded: train in the precision of the restored choice (the
+        clean pass of the next step runs before any measurement)."""
+        index = int(self._buffers["perturbation_index"])
+        if self.perturbation == "auto" and index >= 0:
+            self.autocast_dtype = self.candidates()[index].dtype
 
     def candidates(self) -> tuple[Candidate, ...]:
         if self._candidates is not None:
