@@ -75,8 +75,8 @@ class CostModel:
     - Perturbed gradients (``perturbation``): where a job's training precision follows
       ``perturbation=auto`` (``precision.train=auto`` on CUDA), the step is priced in what auto
       would choose for the row at its default radius, predicted from ``auto_errors``: the errors
-      ``benchmarks/perturbation_precision.py`` measured for each candidate on a ViT-Ti (CPU,
-      random initialisation; on CUDA the float32 difference is the reference, error 0), taken
+      ``benchmarks/gpu_check.py --device cpu`` measured for each candidate on a CLIP ViT-Ti/16
+      at 224 px (random initialisation; on CUDA the float32 difference is the reference, error 0), taken
       at the job's ``perturbation.tolerance`` as ``auto`` takes them. A linearized step costs
       ``linearized_passes`` passes (the clean pass, and the product's forward with tangents and
       backward, about twice a pass); a difference step 2. ``linearized_rows`` prices those rows
@@ -99,11 +99,12 @@ class CostModel:
         ("GGA", 5.2),  # 51 of 5001 updates search 250 neighbours (~400 ERM steps each)
     )  # fmt: skip
 
-    # errors of the change of the gradient at each row's default radius (ViT-Ti, 64 px, CPU,
-    # benchmarks/perturbation_precision.py); the SAM family and GAM at SAM's rho 0.05
+    # errors of the change of the gradient at each row's default radius, measured on a random-init
+    # CLIP ViT-Ti/16 at 224 px, 6 images, CPU (benchmarks/gpu_check.py --device cpu: the paper's
+    # architecture at its input size); the SAM family and GAM at SAM's rho 0.05
     auto_errors: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = (
-        ("SAGE", (("difference_bf16", 8.97), ("linearized_bf16", 1.10e-2), ("difference_fp32", 0.0))),
-        ("*", (("difference_bf16", 2.08e-2), ("linearized_bf16", 1.05), ("difference_fp32", 0.0))),
+        ("SAGE", (("difference_bf16", 11.5), ("linearized_bf16", 7.60e-3), ("difference_fp32", 0.0))),
+        ("*", (("difference_bf16", 3.66e-2), ("linearized_bf16", 0.316), ("difference_fp32", 0.0))),
     )
     linearized_passes: float = 3.0
     linearized_rows: tuple[str, ...] = ()
@@ -197,7 +198,7 @@ def _perturbation_estimates(jobs: Sequence[SweepJob], cost: CostModel, cached: s
         f"With precision.train=auto precision.eval=auto tf32=auto (bf16 where perturbation=auto finds it "
         f"faithful at tolerance {tolerance}: {'; '.join(chosen) or 'no perturbation row'}): "
         f"{total(cost):.1f} A100-hours; with SAGE linearized in bf16 (perturbation=linearized): "
-        f"{total(linearized):.1f} (predicted from errors measured on a ViT-Ti; each job measures its own)"
+        f"{total(linearized):.1f} (predicted from errors measured on a CLIP ViT-Ti/16; each job measures its own)"
     ]
 
 
