@@ -14,6 +14,9 @@ SAGE):
 - ``perturbation_fidelity`` of SAM (rho 0.05) and SAGE (the paper's rho 1e-6) in each
   precision, from one update each (2 images per domain: the fidelity depends on the weights and
   the perturbation, not the batch);
+- SAGE by the float32 difference, SAGE linearized in bf16 and ERM in bf16, side by side, and the
+  errors ``perturbation=auto`` measures on this network at SAGE's and SAM's radii
+  (``sage_bench.algorithms.perturbation``);
 - the Newton-Schulz time of one SAGE step (its polar factors alone), float32 and bf16;
 - evaluation images per second in bf16 autocast (the default on CUDA) and float32.
 
@@ -110,7 +113,9 @@ def step_times(device: torch.device, names: list[str], steps: int) -> tuple[dict
     algorithms = {}
     for name, hparams in ALGORITHMS.items():
         net = network(device)
-        algorithms[name] = build_algorithm(name, net, torch.optim.Adam(net.parameters(), lr=1e-6), hparams)
+        algorithms[name] = build_algorithm(
+            name, net, torch.optim.Adam(net.parameters(), lr=1e-6), hparams, perturbation="difference"
+        )
     memory = {}
     for name, algorithm in algorithms.items():  # warm-up, and each one's peak memory
         for p in names:
@@ -134,7 +139,9 @@ def fidelities(device: torch.device, names: list[str]) -> dict:
     for name in ("SAM", "SAGE"):
         for p in names:
             net = network(device)
-            algorithm = build_algorithm(name, net, torch.optim.Adam(net.parameters(), lr=1e-6), ALGORITHMS[name])
+            algorithm = build_algorithm(
+                name, net, torch.optim.Adam(net.parameters(), lr=1e-6), ALGORITHMS[name], perturbation="difference"
+            )
             algorithm.measure_fidelity = True
             with precision(algorithm, p):
                 out[(name, p)] = algorithm.update(data)["perturbation_fidelity"]
@@ -167,6 +174,63 @@ def eval_images_per_second(device: torch.device, dtype: torch.dtype | None, repe
 
     forward()
     return len(x) / statistics.median(timed(forward, device) for _ in range(repeats))
+
+
+PERTURBATION_ROWS = {  # (algorithm, perturbation, autocast dtype)
+    "SAGE difference fp32": ("SAGE", "difference", None),
+    "SAGE linearized bf16": ("SAGE", "linearized", torch.bfloat16),
+    "ERM bf16": ("ERM", "difference", torch.bfloat16),
+}
+
+
+def perturbation_rows(device: torch.device, steps: int) -> None:
+    """SAGE by the float32 difference (TF32 off), SAGE linearized in bf16 and ERM in bf16 at the
+    paper's batch, timed round-robin; and what ``perturbation=auto`` measures on this network
+    for SAGE (rho 1e-6) and SAM (rho 0.05) on 2 images per domain."""
+    from sage_bench.algorithms.perturbation import AUTO_CANDIDATES
+    from sage_bench.geometry import sam_perturbation
+    from sage_bench.geometry.linearized import ChangeProbe
+
+    data = batches(device, PER_DOMAIN)
+    algorithms = {}
+    for label, (name, method, dtype) in PERTURBATION_ROWS.items():
+        net = network(device)
+        algorithm = build_algorithm(name, net, torch.optim.Adam(net.parameters(), lr=1e-6), ALGORITHMS[name],
+                                    perturbation=method)  # fmt: skip
+        algorithm.autocast_dtype = dtype
+        algorithms[label] = algorithm
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        for algorithm in algorithms.values():
+            algorithm.update(data)  # warm-up
+        times = {label: [] for label in algorithms}
+        for _ in range(steps):
+            for label, algorithm in algorithms.items():
+                times[label].append(timed(lambda a=algorithm: a.update(data), device))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    base = "SAGE difference fp32"
+    print(f"\nperturbed gradients (median of {steps} round-robin rounds)")
+    print(f"  {'variant':<22} {'s/step':>8} {'/ ' + base:>24} {'/ ERM bf16':>11}")
+    for label in algorithms:
+        to_base = statistics.median(a / b for a, b in zip(times[label], times[base], strict=True))
+        to_erm = statistics.median(a / b for a, b in zip(times[label], times["ERM bf16"], strict=True))
+        print(f"  {label:<22} {statistics.median(times[label]):8.3f} {to_base:24.2f} {to_erm:11.2f}")
+
+    small = batches(device, 2)
+    x = torch.cat([b[0] for b in small])
+    y = torch.cat([b[1] for b in small])
+    net = network(device)
+    params = [p for p in net.parameters() if p.requires_grad]
+    probe = ChangeProbe(net, lambda n: torch.nn.functional.cross_entropy(n(x.to(next(n.parameters()).dtype)), y))
+    grads = torch.autograd.grad(torch.nn.functional.cross_entropy(net(x), y), params)
+    print("  what perturbation=auto measures (relative error of the change of the gradient):")
+    for label, e in (("SAGE rho 1e-6", spectral_perturbation(params, grads, 1e-6)),
+                     ("SAM rho 0.05", sam_perturbation(grads, 0.05))):  # fmt: skip
+        errors = probe.measure(params, e, AUTO_CANDIDATES)
+        print(f"  {label:<14} change {errors['reference_change']:.2e}; " + ", ".join(
+            f"{c.name} {errors[c.name + '_error']:.2e}" for c in AUTO_CANDIDATES))  # fmt: skip
 
 
 def main() -> int:
@@ -206,6 +270,8 @@ def main() -> int:
     print(f"  {'algorithm':<6} " + " ".join(f"{p:>10}" for p in measured))
     for name in ("SAM", "SAGE"):
         print(f"  {name:<6} " + " ".join(f"{fidelity[(name, p)]:10.4f}" for p in measured))
+
+    perturbation_rows(device, steps)
 
     dtypes = [None, torch.bfloat16] if cuda else [None]
     ns = newton_schulz_seconds(device, dtypes, repeats=steps)

@@ -83,6 +83,7 @@ class TrainSchema:
     precision: PrecisionSchema = field(default_factory=PrecisionSchema)
     tf32: Any = MISSING  # auto, true or false
     compile: bool = MISSING
+    perturbation: Any = MISSING  # {method, tolerance}: the config group perturbation/
     test_grad_cosine_freq: int = MISSING
     experiment: Any = None
     save_final_model: bool = MISSING
@@ -286,6 +287,9 @@ class JobSpec:
     precision: dict[str, str] = field(default_factory=lambda: dict(prec.DEFAULT_PRECISION))
     tf32: bool | str = "auto"  # TF32 matrix products on CUDA: auto, True or False
     compile: bool = False  # torch.compile the network
+    # how gradients at perturbed weights are computed (``sage_bench.algorithms.perturbation``)
+    perturbation: str = "auto"
+    perturbation_tolerance: float = 0.01
     save_final_model: bool = False
     wandb: dict[str, Any] = field(default_factory=lambda: {"mode": "off"})
     test_grad_cosine_freq: int = 0  # N > 0: log the cosine with the held-out domains' gradient every N steps
@@ -326,7 +330,16 @@ class JobSpec:
         # precision, tf32 and compile change the numbers, but enter only when not at their
         # defaults: jobs at the defaults keep the folders they had before these keys existed
         values.update(prec.identity_settings(self.precision, self.tf32, self.compile, self.perturbs_weights()))
+        values.update(self._perturbation_identity())
         return values
+
+    def _perturbation_identity(self) -> dict[str, Any]:
+        from sage_bench.algorithms.registry import get_algorithm
+
+        perturbed = getattr(get_algorithm(self.algorithm).cls, "takes_perturbed_gradient", False)
+        return prec.perturbation_identity(
+            self.perturbation, self.perturbation_tolerance, self.precision, perturbed, self.multi_task
+        )
 
     def _multitask_identity(self) -> dict[str, Any]:
         """A multi-task job's identity: no key of it existed before multi-task jobs, so all enter."""
@@ -347,6 +360,7 @@ class JobSpec:
         values.update(
             prec.identity_settings(self.precision, self.tf32, self.compile, self.perturbs_weights(), multi_task=True)
         )
+        values.update(self._perturbation_identity())
         return values
 
     def perturbs_weights(self) -> bool:
@@ -362,8 +376,9 @@ class JobSpec:
     def resolved_precision_on(self, device_type: str) -> prec.Precision:
         """What this job would compute in on a device of ``device_type`` (``"cuda"``, ``"cpu"``)."""
         return prec.resolve_precision(
-            self.precision, self.tf32, device_type, self.perturbs_weights(), multi_task=self.multi_task
-        )
+            self.precision, self.tf32, device_type, self.perturbs_weights(), multi_task=self.multi_task,
+            perturbation=self.perturbation if self._perturbation_identity() else "difference",
+        )  # fmt: skip
 
     @property
     def job_id(self) -> str:
@@ -404,6 +419,7 @@ class JobSpec:
             "precision": dict(self.precision),
             "tf32": self.tf32,
             "compile": self.compile,
+            "perturbation": {"method": self.perturbation, "tolerance": self.perturbation_tolerance},
             "computed_in": self.resolved_precision().describe(),  # what precision and tf32 resolved to
             **({"plugins": list(self.plugins)} if self.plugins else {}),
         }
@@ -434,6 +450,7 @@ class JobSpec:
             "precision": dict(self.precision),
             "tf32": self.tf32,
             "compile": self.compile,
+            "perturbation": {"method": self.perturbation, "tolerance": self.perturbation_tolerance},
             "computed_in": self.resolved_precision().describe(),
             **({"plugins": list(self.plugins)} if self.plugins else {}),
         }
@@ -577,6 +594,7 @@ def job_from_config(cfg: DictConfig) -> JobSpec:
     dataset_options = _dataset_options(cfg)
 
     precision = prec.check_precision(OmegaConf.to_container(cfg.precision, resolve=True), cfg.tf32)
+    perturbation, tolerance = check_perturbation_config(cfg)
     try:
         overrides = OmegaConf.to_container(cfg.hparams, resolve=True)
     except InterpolationResolutionError as exc:
@@ -624,11 +642,29 @@ def job_from_config(cfg: DictConfig) -> JobSpec:
         precision=precision,
         tf32=cfg.tf32,
         compile=cfg.compile,
+        perturbation=perturbation,
+        perturbation_tolerance=tolerance,
         save_final_model=cfg.save_final_model,
         wandb=wandb,
         test_grad_cosine_freq=cfg.test_grad_cosine_freq,
         plugins=tuple(cfg.plugins),
     )
+
+
+def check_perturbation_config(cfg: DictConfig) -> tuple[str, float]:
+    """``perturbation.method`` and ``.tolerance`` checked, or a ``ConfigError`` naming the bad one."""
+    from sage_bench.algorithms.perturbation import check_perturbation
+
+    node = OmegaConf.to_container(cfg.perturbation, resolve=True)
+    if not isinstance(node, dict) or set(node) - {"method", "tolerance"}:
+        raise ConfigError(
+            f"bad value for 'perturbation': {node!r}; valid: perturbation=auto|difference|linearized "
+            "and perturbation.tolerance=<number > 0>"
+        )
+    try:
+        return check_perturbation(node.get("method"), node.get("tolerance", 0.01))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def _check_holdout_fraction(dataset_cls: type, fraction: float) -> None:

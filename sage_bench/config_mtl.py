@@ -19,6 +19,7 @@ from sage_bench.config import (
     _group_options,
     _resolve_device,
     _wandb_options,
+    check_perturbation_config,
 )
 from sage_bench.data import get_dataset_class
 from sage_bench.data.catalog import ALL_DATASET_NAMES, dataset_task
@@ -135,6 +136,7 @@ def multitask_job(cfg: DictConfig) -> JobSpec:
     dataset_options = _group_options(cfg, "dataset")
     dataset_constructor_options(dataset_cls, dataset_options)
     precision = prec.check_precision(OmegaConf.to_container(cfg.precision, resolve=True), cfg.tf32)
+    perturbation, tolerance = check_perturbation_config(cfg)
     overrides = OmegaConf.to_container(cfg.hparams, resolve=True)
     wandb = _wandb_options(cfg.wandb)
     try:
@@ -172,6 +174,8 @@ def multitask_job(cfg: DictConfig) -> JobSpec:
         precision=precision,
         tf32=cfg.tf32,
         compile=cfg.compile,
+        perturbation=perturbation,
+        perturbation_tolerance=tolerance,
         save_final_model=cfg.save_final_model,
         wandb=wandb,
         plugins=tuple(cfg.plugins),

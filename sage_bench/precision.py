@@ -30,6 +30,14 @@ printed digits. ``precision.polar=auto`` stays bf16 on CUDA (a direction only). 
 ``bf16`` or ``tf32=true`` applies as for domain generalization. (The lineage's PyTorch default
 lets cuDNN use TF32 convolutions on Ampere GPUs: ``tf32=true`` is that setting.)
 
+How a perturbed gradient is computed is the ``perturbation`` key (``difference``, ``linearized``
+or ``auto``, ``sage_bench.algorithms.perturbation``). With ``perturbation=auto`` (the default)
+and ``precision.train=auto``, a domain-generalization job on CUDA lets the measurement choose
+its training precision too: the bf16 difference, the bf16 linearized product or the float32
+difference (``Precision.train_follows_perturbation``); it starts in float32. Wherever the
+training precision resolves to float32 (the CPU, ``precision.train=fp32``, multi-task jobs)
+``auto`` is the float32 difference.
+
 Every algorithm that perturbs weights reports ``perturbation_fidelity``, the cosine between the
 intended perturbation and the one the forward pass computes with, so a setting that loses it
 shows in the records (``sage_bench.geometry.fidelity``).
@@ -62,6 +70,9 @@ class Precision:
     eval: torch.dtype | None  # autocast dtype of evaluation
     polar: torch.dtype | None  # dtype of SAGE's Newton-Schulz iteration
     tf32: bool  # TF32 matrix products and convolutions (CUDA only)
+    # precision.train=auto and perturbation=auto on CUDA: the perturbation's measurement picks
+    # the training precision (``train`` is where the job starts, float32)
+    train_follows_perturbation: bool = False
 
     def describe(self) -> dict[str, Any]:
         """The resolved settings as plain values (for the records)."""
@@ -92,11 +103,18 @@ def check_precision(precision: Mapping[str, Any], tf32: Any) -> dict[str, str]:
 
 
 def resolve_precision(
-    precision: Mapping[str, str], tf32: bool | str, device_type: str, perturbs_weights: bool, multi_task: bool = False
-) -> Precision:
+    precision: Mapping[str, str], tf32: bool | str, device_type: str, perturbs_weights: bool, multi_task: bool = False,
+    perturbation: str = "difference",
+) -> Precision:  # fmt: skip
     """The precision a job runs in on ``device_type`` (``"cuda"`` or ``"cpu"``) for an
     algorithm that does (or does not) take gradients at perturbed weights; a multi-task job's
-    ``auto`` is float32 without TF32 for training and evaluation (see the module docstring)."""
+    ``auto`` is float32 without TF32 for training and evaluation (see the module docstring).
+    ``perturbation``: the job's ``perturbation`` method where its algorithm takes perturbed
+    gradients (``auto`` lets the training precision follow its measurement on CUDA)."""
+    follows = (
+        perturbation == "auto" and not multi_task and device_type == "cuda"
+        and {**DEFAULT_PRECISION, **precision}["train"] == "auto"
+    )  # fmt: skip
     if multi_task:
         perturbs_weights = True  # auto: float32 training, TF32 off
     cuda = device_type == "cuda"
@@ -112,7 +130,25 @@ def resolve_precision(
     evaluation = dtype("eval", None if multi_task else torch.bfloat16)
     polar = dtype("polar", torch.bfloat16)
     use_tf32 = (not perturbs_weights) if tf32 == "auto" else bool(tf32)
-    return Precision(train=train, eval=evaluation, polar=polar, tf32=cuda and use_tf32)
+    return Precision(train=train, eval=evaluation, polar=polar, tf32=cuda and use_tf32, train_follows_perturbation=follows)
+
+
+def perturbation_identity(
+    method: str, tolerance: float, precision: Mapping[str, str], perturbed_gradient: bool, multi_task: bool = False
+) -> dict[str, Any]:
+    """The ``perturbation`` entry of a job's identity: none where the job computes what it
+    computed before the key existed -- an algorithm without perturbed gradients, the
+    ``difference``, and ``auto`` where the training precision is float32 (``precision.train=fp32``,
+    or ``auto`` for a multi-task job), where ``auto`` is the float32 difference; else the method
+    (with ``auto``, its tolerance)."""
+    if not perturbed_gradient or method == "difference":
+        return {}
+    train = {**DEFAULT_PRECISION, **precision}["train"]
+    if method == "auto":
+        if train == "fp32" or (train == "auto" and multi_task):
+            return {}
+        return {"perturbation": {"method": method, "tolerance": tolerance}}
+    return {"perturbation": {"method": method}}
 
 
 def identity_settings(

@@ -12,7 +12,18 @@ A job writes, in its own folder (DomainBed's layout, so DomainBed's ``collect_re
   the training environments' ``env{i}_in_acc`` are absent (not evaluated: no model selection
   method reads them). Algorithms that perturb weights add ``grad_change``,
   ``perturbation_fidelity`` (measured on the step of the record) and, for SAGE, ``noise_ratio``
-  (``sage_bench.precision``);
+  (``sage_bench.precision``). Algorithms that take gradients at perturbed weights (the SAM
+  family, GAM, SAGE; SAMO-X and SAGE-X in multi-task records) add ``perturbation_method``
+  (``difference`` or ``linearized``) and ``perturbation_dtype`` (``float32``, ``bfloat16``):
+  what computed their perturbed gradients at the record (``args.perturbation`` holds the
+  setting, ``{"method", "tolerance"}``); where ``perturbation=auto`` chose between candidates
+  (``sage_bench.algorithms.perturbation``), the records of the steps it measured on (the first
+  and every record's) add each candidate's relative error of the change of the gradient against
+  a reference, ``difference_bf16_error``, ``linearized_bf16_error``, ``difference_fp32_error``
+  (``..._fp32``/``..._bf16`` by the training precision), ``reference_change`` (that change
+  relative to the gradient) and ``perturbation_error`` (the chosen candidate's error; the
+  collector warns above 0.05); averaged, as every float, over the measured steps since the
+  previous record;
 - ``done``: written last, when the job finished;
 - ``out.txt`` / ``err.txt``: the log and, for a failed job, the error.
 

@@ -72,6 +72,16 @@ class CostModel:
       Augmented evaluations (training environments with ``dataset.eval_augment=true``) are
       always decoded.
 
+    - Perturbed gradients (``perturbation``): where a job's training precision follows
+      ``perturbation=auto`` (``precision.train=auto`` on CUDA), the step is priced in what auto
+      would choose for the row at its default radius, predicted from ``auto_errors``: the errors
+      ``benchmarks/gpu_check.py --device cpu`` measured for each candidate on a CLIP ViT-Ti/16
+      at 224 px (random initialisation; on CUDA the float32 difference is the reference, error 0), taken
+      at the job's ``perturbation.tolerance`` as ``auto`` takes them. A linearized step costs
+      ``linearized_passes`` passes (the clean pass, and the product's forward with tangents and
+      backward, about twice a pass); a difference step 2. ``linearized_rows`` prices those rows
+      linearized in bf16 whatever the prediction (``describe_plan``'s "linearized SAGE" column).
+
     The numbers are estimates, not measurements of a whole run (``benchmarks/gpu_check.py``
     measures the step times on the GPU at hand); pass your own. A MIG slice has a fraction of an
     A100's compute (a 3g.20gb slice about 3/7) and usually fewer cores.
@@ -89,6 +99,33 @@ class CostModel:
         ("GGA", 5.2),  # 51 of 5001 updates search 250 neighbours (~400 ERM steps each)
     )  # fmt: skip
 
+    # errors of the change of the gradient at each row's default radius, measured on a random-init
+    # CLIP ViT-Ti/16 at 224 px, 6 images, CPU (benchmarks/gpu_check.py --device cpu: the paper's
+    # architecture at its input size); the SAM family and GAM at SAM's rho 0.05
+    auto_errors: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = (
+        ("SAGE", (("difference_bf16", 11.5), ("linearized_bf16", 7.60e-3), ("difference_fp32", 0.0))),
+        ("*", (("difference_bf16", 3.66e-2), ("linearized_bf16", 0.316), ("difference_fp32", 0.0))),
+    )
+    linearized_passes: float = 3.0
+    linearized_rows: tuple[str, ...] = ()
+
+    def perturbed_step(self, job: SweepJob) -> tuple[str, float] | None:
+        """``(arithmetic, passes)`` of a step whose precision follows ``perturbation=auto``, as
+        predicted (see the class docstring); ``None`` for other jobs."""
+        from sage_bench.algorithms.perturbation import AUTO_CANDIDATES
+        from sage_bench.geometry.linearized import choose
+
+        spec = job.spec
+        if not spec.resolved_precision_on("cuda").train_follows_perturbation:
+            return None
+        if spec.algorithm in self.linearized_rows:
+            return "bfloat16", self.linearized_passes
+        table = dict(self.auto_errors)
+        errors = {f"{name}_error": value for name, value in table.get(spec.algorithm, table["*"])}
+        chosen = AUTO_CANDIDATES[choose(errors, AUTO_CANDIDATES, spec.perturbation_tolerance)]
+        arithmetic = "float32" if chosen.dtype is None else "bfloat16"
+        return arithmetic, self.linearized_passes if chosen.method == "linearized" else 2.0
+
     def step_seconds(self, job: SweepJob) -> float:
         """Seconds of one training step of ``job`` on a whole A100."""
         spec = job.spec
@@ -96,6 +133,10 @@ class CostModel:
         arithmetic = computed["train"] if computed["train"] != "float32" or not computed["tf32"] else "tf32"
         images = spec.hparams["batch_size"] * (len(get_dataset_class(spec.dataset).ENVIRONMENTS) - len(spec.test_envs))
         passes = dict(self.step_factor).get(spec.algorithm, 2.0 if spec.perturbs_weights() else 1.0)
+        predicted = self.perturbed_step(job)
+        if predicted is not None:
+            arithmetic, two_pass = predicted
+            passes = passes * two_pass / 2.0  # GAM's four passes scale alike
         seconds = images * dict(self.ms_per_image)[arithmetic] / 1000 * passes
         return seconds + (self.polar_s_per_step if spec.algorithm == "SAGE" else 0.0)
 
@@ -126,6 +167,39 @@ class CostModel:
         jpeg_rate = min(gpu, self.cpu_cores * self.jpeg_images_per_s_per_core)
         evaluation = evaluations * (from_cache / cache_rate + from_jpeg / jpeg_rate)
         return (spec.steps * self.step_seconds(job) + evaluation) / 3600
+
+
+MIXED_PRECISION = {"precision": {"train": "auto", "eval": "auto", "polar": "auto"}, "tf32": "auto"}
+
+
+def _perturbation_estimates(jobs: Sequence[SweepJob], cost: CostModel, cached: set[str]) -> list[str]:
+    """The plan's A100-hours again with ``precision.train=auto precision.eval=auto tf32=auto``
+    (ERM in bf16, each perturbation row as ``perturbation=auto`` would choose at its default
+    radius), and so with SAGE linearized in bf16."""
+    from dataclasses import replace
+
+    def total(model: CostModel) -> float:
+        hours = 0.0
+        for job in jobs:
+            spec = replace(job.spec, **MIXED_PRECISION)
+            hours += model.job_hours(replace(job, spec=spec), cached=job.spec.dataset in cached)
+        return hours
+
+    tolerance = ", ".join(sorted({f"{job.spec.perturbation_tolerance:g}" for job in jobs}))
+    chosen = []
+    for algorithm in dict.fromkeys(job.spec.algorithm for job in jobs):
+        job = next(j for j in jobs if j.spec.algorithm == algorithm)
+        predicted = cost.perturbed_step(replace(job, spec=replace(job.spec, **MIXED_PRECISION)))
+        if predicted is not None:
+            method = "linearized" if predicted[1] != 2.0 else "difference"
+            chosen.append(f"{algorithm}: {method} in {predicted[0]}")
+    linearized = replace(cost, linearized_rows=("SAGE",))
+    return [
+        f"With precision.train=auto precision.eval=auto tf32=auto (bf16 where perturbation=auto finds it "
+        f"faithful at tolerance {tolerance}: {'; '.join(chosen) or 'no perturbation row'}): "
+        f"{total(cost):.1f} A100-hours; with SAGE linearized in bf16 (perturbation=linearized): "
+        f"{total(linearized):.1f} (predicted from errors measured on a CLIP ViT-Ti/16; each job measures its own)"
+    ]
 
 
 def table1_sweep(output_dir: str | Path, data_dir: str | Path | None = None, trials: int = 3,
@@ -194,6 +268,7 @@ def describe_plan(jobs: Sequence[SweepJob], cost: CostModel = CostModel(), cache
         f"{cost.jpeg_images_per_s_per_core:.0f} images/s decoding JPEGs, on a whole A100; a 3g.20gb MIG "
         "slice takes about 7/3 as long per job)"
     )
+    lines.extend(_perturbation_estimates(jobs, cost, cached))
     missing = [d for d in dict.fromkeys(job.spec.dataset for job in jobs) if d not in cached]
     if missing:
         data_dir = jobs[0].spec.data_dir

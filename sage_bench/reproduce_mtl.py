@@ -130,6 +130,12 @@ def describe_table2_plan(jobs: Sequence[SweepJob], cost: MultiTaskCostModel = Mu
         f"(A100-hours: an estimate from each row's forward-pass equivalents per step and MTAN's counted FLOPs "
         f"at {cost.tflops:.1f} float32 TFLOPS; a 3g.20gb MIG slice takes about 7/3 as long per job)"
     )
+    lines.append(
+        "With perturbation=auto (the default) the SAMO and SAGE rows compute as above: multi-task jobs train in "
+        "float32, where auto is the float32 difference; even with precision.train=bf16 auto would keep it, as on "
+        "the narrow MTAN neither the bf16 difference nor the linearized product resolves the change of the "
+        "gradient at rho 1e-4 (benchmarks/perturbation_precision.py): the estimate with linearized SAGE is the same"
+    )
     return "\n".join(lines)
 
 

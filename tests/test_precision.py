@@ -73,7 +73,8 @@ def test_records_say_what_the_job_computed_in():
 
 def test_default_precision_keeps_the_identity_of_existing_jobs():
     # the hashes jobs had before precision.* existed (computed with the default keys)
-    assert load_job(["algorithm=SAGE"]).job_id == "56f3053cb2f2caf651b8a65eb1b8ed1d"
+    # (SAGE's at perturbation=difference: its default, auto, changed what it computes on CUDA)
+    assert load_job(["algorithm=SAGE", "perturbation=difference"]).job_id == "56f3053cb2f2caf651b8a65eb1b8ed1d"
     assert load_job(["algorithm=ERM", "dataset=ColoredDigits", "test_envs=[2]"]).job_id == "063f99c1e136dc9e660ff532f23103a9"
 
 
@@ -93,8 +94,8 @@ def test_default_precision_keeps_the_identity_of_existing_jobs():
     ],
 )
 def test_a_run_in_another_precision_is_another_job(algorithm, override, same):
-    default = load_job([f"algorithm={algorithm}"])
-    other = load_job([f"algorithm={algorithm}", override])
+    default = load_job([f"algorithm={algorithm}", "perturbation=difference"])
+    other = load_job([f"algorithm={algorithm}", "perturbation=difference", override])
     assert (other.job_id == default.job_id) is same
 
 
@@ -190,7 +191,9 @@ def _batches(n_domains=3, seed=0):
 def test_perturbation_algorithms_report_what_the_perturbation_does(name):
     torch.manual_seed(0)
     net = _Net()
-    algorithm = build_algorithm(name, net, torch.optim.SGD(net.parameters(), lr=0.1), {"rho": 1e-2})
+    algorithm = build_algorithm(
+        name, net, torch.optim.SGD(net.parameters(), lr=0.1), {"rho": 1e-2}, perturbation="difference"
+    )
     stats = algorithm.update(_batches())
     assert stats["grad_change"] > 0 and "perturbation_fidelity" not in stats  # measured only when asked
     algorithm.measure_fidelity = True
@@ -237,7 +240,7 @@ def test_noise_ratio_is_the_added_noise_over_the_perturbed_gradient():
 @pytest.mark.slow
 def test_bf16_job_at_the_papers_rho_records_low_fidelity_and_warns(tmp_path, capsys):
     common = ["dataset=RotatedDigits", "algorithm=SAGE", "device=cpu", "hparams.rho=1e-6", "steps=2",
-              "checkpoint_freq=1", "progress=false", f"output_dir={tmp_path}"]  # fmt: skip
+              "checkpoint_freq=1", "progress=false", f"output_dir={tmp_path}", "perturbation=difference"]  # fmt: skip
     assert main(["train", *common, "precision.train=bf16"]) == 0
     err = capsys.readouterr().err
     job = load_job([*common, "precision.train=bf16"]).job_dir

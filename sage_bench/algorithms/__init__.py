@@ -39,6 +39,12 @@ from sage_bench.algorithms.gam import GAM
 from sage_bench.algorithms.gradient_agreement import GGA, GGA_L
 from sage_bench.algorithms.iib import IIB
 from sage_bench.algorithms.multitask import LS, MGDA, STL, FairGrad, LossFn, MultiTaskAlgorithm
+from sage_bench.algorithms.perturbation import (
+    DEFAULT_PERTURBATION,
+    DEFAULT_TOLERANCE,
+    PerturbedGradient,
+    check_perturbation,
+)
 from sage_bench.algorithms.registry import (
     ALGORITHMS,
     DOMAIN_GENERALIZATION,
@@ -91,6 +97,8 @@ def build_algorithm(
     num_domains: int | None = None,
     num_classes: int | None = None,
     loss_fn: LossFn | None = None,
+    perturbation: str = DEFAULT_PERTURBATION,
+    perturbation_tolerance: float = DEFAULT_TOLERANCE,
 ) -> Algorithm | MultiTaskAlgorithm:
     """Wrap ``network`` and ``optimizer`` in the algorithm called ``name``.
 
@@ -107,11 +115,20 @@ def build_algorithm(
     ``loss_fn``, the ``(outputs, targets) -> {task: loss}`` of its data set
     (``sage_bench.mtl.MultiTaskLoss``), and a network with per-task outputs
     (``sage_bench.models.mtan``).
+
+    ``perturbation`` (``auto``, ``difference``, ``linearized``) and ``perturbation_tolerance``
+    say how an algorithm that takes gradients at perturbed weights (the SAM family, GAM, SAGE,
+    SAMO-X, SAGE-X) computes them (``sage_bench.algorithms.perturbation``); other algorithms
+    ignore them. Outside the runner, ``auto`` chooses between the difference and the linearized
+    product in the algorithm's ``autocast_dtype`` (in float32: the difference).
     """
     if loss_fn is not None:
         if get_algorithm(name).task != MULTI_TASK:
             raise hp.HParamError(f"{name} is a domain-generalization algorithm: it takes no loss_fn")
-        return build_multitask_algorithm(name, network, optimizer, loss_fn, hparams, family, dataset=dataset)
+        return build_multitask_algorithm(
+            name, network, optimizer, loss_fn, hparams, family, dataset=dataset,
+            perturbation=perturbation, perturbation_tolerance=perturbation_tolerance,
+        )  # fmt: skip
     if get_algorithm(name).task == MULTI_TASK:
         raise hp.HParamError(
             f"{name} is a multi-task algorithm: build it with build_multitask_algorithm, or pass loss_fn= "
@@ -119,7 +136,19 @@ def build_algorithm(
         )
     registered = _registered(name, DOMAIN_GENERALIZATION)
     resolved = _resolved_hparams(registered, hp.SpaceContext(family, dataset, backbone), hparams)
-    return registered.cls(network, optimizer, resolved, num_domains=num_domains, num_classes=num_classes)
+    algorithm = registered.cls(network, optimizer, resolved, num_domains=num_domains, num_classes=num_classes)
+    return _with_perturbation(algorithm, perturbation, perturbation_tolerance)
+
+
+def _with_perturbation(algorithm, method: str, tolerance: float):
+    """``algorithm`` with its perturbed-gradient method set (checked for every algorithm)."""
+    try:
+        check_perturbation(method, tolerance)
+    except ValueError as exc:
+        raise hp.HParamError(str(exc)) from exc
+    if isinstance(algorithm, PerturbedGradient):
+        algorithm.configure_perturbation(method, tolerance)
+    return algorithm
 
 
 def build_multitask_algorithm(
@@ -131,6 +160,8 @@ def build_multitask_algorithm(
     family: str = "large",
     *,
     dataset: str | None = None,
+    perturbation: str = DEFAULT_PERTURBATION,
+    perturbation_tolerance: float = DEFAULT_TOLERANCE,
 ) -> MultiTaskAlgorithm:
     """The multi-task row ``name`` (``algorithms(MULTI_TASK)``) around ``network`` (``forward(x)
     -> {task: prediction}``, ``shared_parameters()``, ``task_parameters(task)``, ``task_names``;
@@ -141,10 +172,12 @@ def build_multitask_algorithm(
     may carry the shared ones (``lr``, ``batch_size``), which the row ignores; ``family`` and
     ``dataset`` pick defaults that depend on them. An unknown name, a domain-generalization
     algorithm, or a value of the wrong type or out of range is an error that says what is valid.
+    ``perturbation`` and ``perturbation_tolerance``: as for ``build_algorithm`` (SAMO-X, SAGE-X).
     """
     registered = _registered(name, MULTI_TASK)
     resolved = _resolved_hparams(registered, hp.SpaceContext(family, dataset, None), hparams)
-    return registered.cls(network, optimizer, resolved, loss_fn)
+    algorithm = registered.cls(network, optimizer, resolved, loss_fn)
+    return _with_perturbation(algorithm, perturbation, perturbation_tolerance)
 
 
 __all__ = [

@@ -71,4 +71,4 @@ class GAM(TwoPassAlgorithm):
         vertical = torch._foreach_sub(pro, torch._foreach_mul(new, cosine * pro_norm / (new_norm + EPS)))
         final = torch._foreach_add(new, vertical, alpha=-h["grad_gamma"])
         self.descend(params, final)
-        return {"loss": loss.item(), "perturbed_loss": loss_adv.item(), "cosine": cosine.item()}
+        return {"loss": loss.item(), "perturbed_loss": loss_adv.item(), "cosine": cosine.item(), **self.probe_stats()}

@@ -26,7 +26,9 @@ Everything else is a choice, made here as one code path with a switch for each:
    ``(out, -1)``), ``rho g / ||g||`` per vector; on the shared parameters and the heads.
 4. Perturbed pass, BatchNorm statistics frozen (as SAMO): with one perturbation one forward and
    ``K`` backward passes; with per-task perturbations one forward per task (as SAMO). Each
-   task's perturbed gradient of the shared parameters, and of its own head.
+   task's perturbed gradient of the shared parameters, and of its own head; by the difference
+   or the linearized product as ``perturbation`` says (``sage_bench.algorithms.perturbation``:
+   with one perturbation one forward with tangents and ``K`` backward passes).
 5. Descent (``descent``):
 
    - ``"samo"`` (default for both): the solver with the ``*WithSAMO`` scale factors (LS
@@ -55,11 +57,13 @@ from typing import Any
 import torch
 
 from sage_bench.algorithms.multitask import SOLVER_SPACES, NoiseSource
+from sage_bench.algorithms.perturbation import linearized_task_gradients
 from sage_bench.algorithms.registry import MULTI_TASK, register_algorithm
 from sage_bench.algorithms.samo import SAMO, WITH_SAMO, _const, zeroth_order_space
 from sage_bench.algorithms.sharpness import frozen_batchnorm_statistics
 from sage_bench.geometry import (
     add_gaussian_noise_,
+    flatten,
     mean_pairwise_cosine,
     noise_scale,
     perturbed,
@@ -115,6 +119,13 @@ class SAGEMultiTask(SAMO):
     def shared_perturbed_gradients(self, x, targets, shared_eps: list[torch.Tensor], head_eps) -> tuple:
         """One perturbation for all tasks: one forward at ``theta + e``, ``K`` backward passes."""
         shared = self.shared_parameters()
+        if self.decide_task_perturbation(x, targets, shared_eps, head_eps, self.tasks) == "linearized":
+            own = {t: self.head_parameters(t) for t in self.tasks}
+            grads, head_grads, losses = linearized_task_gradients(
+                self.network, shared, own, shared_eps, head_eps, lambda: torch.stack(self.task_losses(x, targets)),
+                autocast=self.autocast,
+            )
+            return torch.stack([flatten(g, like=shared) for g in grads]), head_grads, losses
         heads = [p for t in self.tasks for p in self.head_parameters(t)]
         with frozen_batchnorm_statistics(self.network), perturbed(
             shared + heads, shared_eps + [e for t in self.tasks for e in head_eps[t]]
@@ -176,6 +187,7 @@ class SAGEMultiTask(SAMO):
             **self.loss_stats(perturbed_losses, prefix="perturbed_"),
             "S": agreement,
             "beta": beta,
+            **self.probe_stats(),
         }
 
     def add_noise(self, beta: float) -> None:

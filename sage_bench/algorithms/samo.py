@@ -39,6 +39,10 @@ Traps of the authors' code, and what is done here:
   (the NYUv2 trainer).
 - A zero ``zhat_{t,n}`` makes their layer-wise mixture divide by zero (NaN); so does it here.
 - ``adaptive`` (ASAM-style scaling) is off in every run script; it is not implemented.
+
+Step 4's gradients are computed as ``perturbation`` says (``sage_bench.algorithms.perturbation``):
+``linearized`` takes, per task, one Hessian-vector product of its loss at ``theta``; ``auto``
+measures with the first task's perturbation and loss.
 """
 
 from __future__ import annotations
@@ -49,6 +53,11 @@ import numpy as np
 import torch
 
 from sage_bench.algorithms.multitask import SOLVER_SPACES, GradientAggregation
+from sage_bench.algorithms.perturbation import (
+    PerturbedGradient,
+    linearized_task_gradients,
+    probe_loss_of,
+)
 from sage_bench.algorithms.registry import MULTI_TASK, register_algorithm
 from sage_bench.algorithms.sharpness import frozen_batchnorm_statistics
 from sage_bench.geometry import flatten, perturbed
@@ -75,7 +84,7 @@ def sam_scale(grads: list[torch.Tensor], rho: float) -> float:
     return (rho / (norm + SAM_EPS)).item()
 
 
-class SAMO(GradientAggregation):
+class SAMO(PerturbedGradient, GradientAggregation):
     """SAMO-X for ``solver`` in ``ls``, ``mgda``, ``fairgrad``; see the module docstring.
 
     Hyperparameters: ``rho``, ``beta``, ``zo_eps``, ``zo_mix``, ``accumulate_previous`` and the
@@ -176,6 +185,17 @@ class SAMO(GradientAggregation):
         shared = self.shared_parameters()
         rows = torch.empty(len(self.tasks), sum(p.numel() for p in shared), dtype=shared[0].dtype, device=shared[0].device)
         heads, losses = {}, []
+        if self.decide_task_perturbation(x, targets, shared_eps[0], head_eps, self.tasks[:1]) == "linearized":
+            for k, task in enumerate(self.tasks):
+                head = {task: self.head_parameters(task)}
+                grads, heads_k, loss = linearized_task_gradients(
+                    self.network, shared, head, shared_eps[k], head_eps, lambda k=k: self.task_losses(x, targets)[k],
+                    autocast=self.autocast,
+                )
+                rows[k] = flatten(grads[0], like=shared)
+                heads[task] = heads_k[task]
+                losses.append(loss[0])
+            return rows, heads, torch.stack(losses)
         with frozen_batchnorm_statistics(self.network):
             for k, task in enumerate(self.tasks):
                 head = self.head_parameters(task)
@@ -186,6 +206,18 @@ class SAMO(GradientAggregation):
                 heads[task] = [torch.zeros_like(p) if g is None else g for p, g in zip(head, grads[len(shared) :], strict=True)]
                 losses.append(loss.detach())
         return rows, heads, torch.stack(losses)
+
+    def decide_task_perturbation(self, x, targets, shared_eps, head_eps, tasks) -> str:
+        """``difference`` or ``linearized`` for this step (``perturbation``); ``auto`` measures
+        the change of the mean loss of ``tasks`` under ``shared_eps`` and their heads' ``head_eps``."""
+
+        def probe(network, dtype):
+            losses = self.loss_fn(network(x.to(dtype)), targets)
+            return torch.stack([losses[t].to(dtype) for t in tasks]).mean()
+
+        params = self.shared_parameters() + [p for t in tasks for p in self.head_parameters(t)]
+        eps = list(shared_eps) + [e for t in tasks for e in head_eps[t]]
+        return self.decide_perturbation(params, eps, probe_loss_of(probe)).method
 
     def remember(self) -> None:
         """Keep the final gradients for the next step's global gradient (``accumulate_previous``)."""
@@ -219,7 +251,9 @@ class SAMO(GradientAggregation):
         self.clip_shared(self.max_norm)
         self.remember()
         self.step()
-        return {**self.loss_stats(clean), **self.loss_stats(perturbed_losses, prefix="perturbed_")}
+        return {
+            **self.loss_stats(clean), **self.loss_stats(perturbed_losses, prefix="perturbed_"), **self.probe_stats()
+        }  # fmt: skip
 
     def get_extra_state(self) -> dict[str, Any]:
         # the NumPy state as tensors and Python numbers: checkpoints load with weights_only=True

@@ -18,6 +18,10 @@ and that the loss depends on (parameters without a gradient are left alone, as t
 code skips them). Where the authors' code freezes BatchNorm running statistics during the
 perturbed pass (GSAM, SAGM), so does this; SAM (the DomainBed/SWAD port) and DISAM do not.
 
+The gradient at ``w + e`` is computed as ``perturbation`` says (``difference``: the second
+pass above; ``linearized``: one Hessian-vector product; ``auto``: measured per job), see
+``sage_bench.algorithms.perturbation``.
+
 Besides the losses, every ``update`` returns what the perturbation did:
 ``grad_change = ||g_adv - g|| / ||g||`` on every step (DISAM: ``g`` is its ascent gradient, of
 ``CE - lambda Var``, the only clean gradient it computes; so its ``grad_change`` includes the
@@ -36,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sage_bench.algorithms.base import Algorithm, Minibatches, concat
+from sage_bench.algorithms.perturbation import PerturbedGradient, probe_loss_of
 from sage_bench.algorithms.registry import register_algorithm
 from sage_bench.geometry import perturbed, sam_perturbation
 from sage_bench.geometry.fidelity import (
@@ -43,6 +48,7 @@ from sage_bench.geometry.fidelity import (
     perturbation_fidelity,
     relative_difference,
 )
+from sage_bench.geometry.linearized import linearized_grad
 from sage_bench.hparams import (
     NON_NEGATIVE,
     UNIT_INTERVAL,
@@ -130,7 +136,7 @@ def frozen_batchnorm_statistics(network: nn.Module) -> Iterator[None]:
             module.momentum = momentum
 
 
-class TwoPassAlgorithm(Algorithm):
+class TwoPassAlgorithm(PerturbedGradient, Algorithm):
     """Shared steps of algorithms that take a gradient at a perturbed point."""
 
     perturbs_weights = True
@@ -170,7 +176,14 @@ class TwoPassAlgorithm(Algorithm):
         self.optimizer.zero_grad(set_to_none=True)
 
     def perturbed_grad(self, x, y, params, perturbation) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Loss and gradient at ``w + e``; the weights are exactly ``w`` again afterwards."""
+        """Loss and gradient at ``w + e``, by the difference or linearized (``perturbation``);
+        the weights are exactly ``w`` again afterwards."""
+        probe = probe_loss_of(lambda network, dtype: F.cross_entropy(network(x.to(dtype)), y))
+        if self.decide_perturbation(params, perturbation, probe).method == "linearized":
+            losses, grads = linearized_grad(
+                self.network, params, perturbation, lambda: self.mean_loss(x, y), self.autocast
+            )
+            return losses[0], grads[0]
         freeze = frozen_batchnorm_statistics if self.freeze_bn_in_perturbed_pass else contextlib.nullcontext
         with perturbed(params, perturbation), freeze(self.network):
             loss, grads = self.loss_and_grad(x, y, params)
@@ -179,10 +192,12 @@ class TwoPassAlgorithm(Algorithm):
     def perturbation_stats(self, params, perturbation, grads, grads_adv) -> dict[str, torch.Tensor]:
         """``grad_change`` (``||g_adv - g|| / ||g||``), and ``perturbation_fidelity`` when this
         step is measured; call it at the restored weights, before ``grads_adv`` is changed."""
-        stats = {"grad_change": relative_difference(grads_adv, grads)}
+        stats = {"grad_change": relative_difference(grads_adv, grads), **self.probe_stats()}
         if self.measure_fidelity:
             rounding = forward_rounding(self.network, params, self.autocast_dtype)
-            stats["perturbation_fidelity"] = perturbation_fidelity(params, perturbation, rounding)
+            # the linearized product computes with the direction itself, rounded as a weight would be
+            at = [torch.zeros_like(p) for p in params] if self.perturbation_in_use().method == "linearized" else params
+            stats["perturbation_fidelity"] = perturbation_fidelity(at, perturbation, rounding)
         return stats
 
 

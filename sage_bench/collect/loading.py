@@ -243,3 +243,27 @@ def bf16_perturbation_runs(records: list[dict]) -> list[str]:
         "computes them in float32), or delete their folders first"
         for algorithm, folders in sorted(runs.items())
     ]
+
+
+PERTURBATION_ERROR_WARNING = 0.05  # as sage_bench.algorithms.perturbation.ERROR_WARNING (no torch here)
+
+
+def inexact_perturbation_runs(records: list[dict]) -> list[str]:
+    """Warnings for runs whose recorded ``perturbation_error`` (the relative error of the change
+    of the gradient that their perturbed-gradient method computed, measured against a reference
+    by ``perturbation=auto``) exceeds 5% at some record: their perturbed gradients were not
+    resolved to the tolerance asked for (no candidate was, on that batch)."""
+    runs: dict[str, set[str]] = defaultdict(set)
+    worst: dict[str, float] = defaultdict(float)
+    for r in records:
+        error = r.get("perturbation_error")
+        if isinstance(error, int | float) and error > PERTURBATION_ERROR_WARNING:
+            name = r["args"]["algorithm"]
+            runs[name].add(str(r["args"].get("output_dir") or r["args"].get("job_id")))
+            worst[name] = max(worst[name], float(error))
+    return [
+        f"{algorithm}: {len(folders)} run(s) recorded a perturbation_error above "
+        f"{PERTURBATION_ERROR_WARNING:.0%} (worst {worst[algorithm]:.3g}): their perturbed gradients were not "
+        "computed to within that of a reference; run them with perturbation=difference precision.train=fp32"
+        for algorithm, folders in sorted(runs.items())
+    ]

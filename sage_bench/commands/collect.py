@@ -55,7 +55,11 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sage_bench.collect import find_runs, render
-    from sage_bench.collect.loading import bf16_perturbation_runs, mixed_settings
+    from sage_bench.collect.loading import (
+        bf16_perturbation_runs,
+        inexact_perturbation_runs,
+        mixed_settings,
+    )
     from sage_bench.errors import UserError
     from sage_bench.records import DOMAIN_GENERALIZATION, MULTI_TASK
 
@@ -88,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
             f"columns: give --output FILE.{args.format}, which writes one file per kind "
             f"(FILE.{DOMAIN_GENERALIZATION}.{args.format} and FILE.{MULTI_TASK}.{args.format})"
         )
-    for message in [*mixed_settings(dg_records), *bf16_perturbation_runs(dg_records)]:
+    inexact = inexact_perturbation_runs(records)
+    for message in [*mixed_settings(dg_records), *bf16_perturbation_runs(dg_records), *inexact]:
         print(f"warning: {message}", file=sys.stderr)
     parts = []
     if dg_records:

@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sage_bench.algorithms import Algorithm, build_algorithm
+from sage_bench.algorithms.perturbation import PerturbedGradient
 from sage_bench.config import JobSpec
 from sage_bench.data import get_dataset_class
 from sage_bench.data.loaders import infinite_loader, is_worker_death
@@ -83,6 +84,8 @@ def train(job: Job) -> Algorithm:
         family=dataset.HPARAM_FAMILY,
         num_domains=len(train_envs),
         num_classes=dataset.num_classes,
+        perturbation=spec.perturbation,
+        perturbation_tolerance=spec.perturbation_tolerance,
     )
     algorithm.train()
     precision = spec.resolved_precision()
@@ -158,6 +161,8 @@ def train(job: Job) -> Algorithm:
             if probe is not None:
                 record.update(probe.record())
             record["mem_gb"] = peak_memory_gb(device)
+            if isinstance(algorithm, PerturbedGradient):
+                record.update(algorithm.perturbation_choice())  # what computes its perturbed gradients now
             record["hparams"] = hparams
             record["args"] = spec.record_args()
             job.write_record(record, step)

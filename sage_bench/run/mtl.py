@@ -36,6 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sage_bench.algorithms import MultiTaskAlgorithm, build_multitask_algorithm
+from sage_bench.algorithms.perturbation import PerturbedGradient
 from sage_bench.config import JobSpec
 from sage_bench.data import get_dataset_class
 from sage_bench.data.loaders import epoch_loader, eval_loader, is_worker_death
@@ -120,8 +121,9 @@ def train(job: Job) -> MultiTaskAlgorithm:
     optimizer = build_optimizer(spec.optimizer, network.parameters(), hparams, **spec.optimizer_options)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=spec.lr_step_epochs, gamma=spec.lr_gamma)
     algorithm = build_multitask_algorithm(
-        spec.algorithm, network, optimizer, MultiTaskLoss(data.tasks), hparams, data.HPARAM_FAMILY, dataset=spec.dataset
-    )
+        spec.algorithm, network, optimizer, MultiTaskLoss(data.tasks), hparams, data.HPARAM_FAMILY, dataset=spec.dataset,
+        perturbation=spec.perturbation, perturbation_tolerance=spec.perturbation_tolerance,
+    )  # fmt: skip
     algorithm.train()
     accelerate(algorithm, device, spec.resolved_precision(), compile=spec.compile)
 
@@ -174,6 +176,7 @@ def train(job: Job) -> MultiTaskAlgorithm:
                 raise ckpt.JobInterrupted(stop.received, step if step > start_step else None) from exc
             x = x.to(device, non_blocking=pin)
             targets = {k: v.to(device, non_blocking=pin) for k, v in targets.items()}
+            algorithm.measure_fidelity = step == epoch_end - 1  # perturbation=auto measures on a record's step
             stats = algorithm.update(x, targets)
             check_finite(stats, step, saved_step)
             interval["step_time"].append(time.time() - start)
@@ -197,6 +200,8 @@ def train(job: Job) -> MultiTaskAlgorithm:
             record["delta_m"] = delta_m(metrics, data.DELTA_M)
         record["eval_time"] = time.time() - started
         record["mem_gb"] = peak_memory_gb(device)
+        if isinstance(algorithm, PerturbedGradient):
+            record.update(algorithm.perturbation_choice())
         record["hparams"] = hparams
         record["args"] = spec.record_args()
         job.write_record(record, epoch_end - 1)
