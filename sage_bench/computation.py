@@ -11,6 +11,9 @@ this module, so the three always agree:
   the device computes in is ``computed_in``, which does count) and a precision setting spelled
   as the value ``auto`` resolves to on every device (``precision.train=fp32`` and ``tf32=false``
   for an algorithm that perturbs weights; see ``sage_bench.precision.identity_settings``).
+  The ``perturbation`` method counts only where it changes the computation
+  (``perturbation_that_counts``): not for an algorithm without perturbed gradients, not for
+  ``difference``, and not for ``auto`` where training is float32 (there it is the difference).
   ``num_workers``, ``progress``, ``eval_batch_size`` and ``wandb.*`` change no number either;
   they are not in a record's ``args`` at all, so nothing can split on them;
 - every other setting changes numbers, and does all three.
@@ -47,11 +50,49 @@ def backbone_options_that_count(options: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in options.items() if k not in NO_NUMBER_BACKBONE_OPTIONS}
 
 
-def _perturbs_weights(algorithm: str) -> bool | None:
+def _class_flag(algorithm: str, flag: str) -> bool | None:
+    """A class attribute of a registered algorithm (``None``: not registered here)."""
     from sage_bench.algorithms.registry import algorithms
 
     registered = algorithms().get(algorithm)
-    return None if registered is None else bool(registered.cls.perturbs_weights)
+    return None if registered is None else bool(getattr(registered.cls, flag, False))
+
+
+def _perturbs_weights(algorithm: str) -> bool | None:
+    return _class_flag(algorithm, "perturbs_weights")
+
+
+def perturbation_that_counts(
+    method: str, tolerance: float, precision: Mapping[str, str], perturbed_gradient: bool, multi_task: bool = False
+) -> dict[str, Any]:
+    """The ``perturbation`` setting as a job's identity spells it: nothing where the job computes
+    what it computed before the key existed -- an algorithm without perturbed gradients, the
+    ``difference``, and ``auto`` where the training precision is float32 (``precision.train=fp32``,
+    or ``auto`` for a multi-task job), where ``auto`` is the float32 difference; else the method
+    (with ``auto``, its tolerance)."""
+    if not perturbed_gradient or method == "difference":
+        return {}
+    train = {**_DEFAULTS["precision"], **precision}["train"]
+    if method == "auto":
+        if train == "fp32" or (train == "auto" and multi_task):
+            return {}
+        return {"perturbation": {"method": method, "tolerance": tolerance}}
+    return {"perturbation": {"method": method}}
+
+
+def _recorded_perturbation(args: Mapping[str, Any]) -> dict[str, Any]:
+    """A record's ``perturbation`` as it counts (records written before the key: the
+    difference, which never counts)."""
+    given = args.get("perturbation")
+    if not isinstance(given, Mapping) or given.get("method", "difference") == "difference":
+        return {}
+    perturbed = _class_flag(str(args.get("algorithm")), "takes_perturbed_gradient")
+    if perturbed is None:  # an algorithm not registered here (a plugin not loaded): as written
+        return {"perturbation": dict(given)}
+    precision = args.get("precision") if isinstance(args.get("precision"), Mapping) else {}
+    return perturbation_that_counts(
+        given["method"], given.get("tolerance", 0.01), precision, perturbed, args.get("task") == "multi_task"
+    )
 
 
 def precision_that_counts(args: Mapping[str, Any]) -> dict[str, Any]:
@@ -77,10 +118,11 @@ def precision_that_counts(args: Mapping[str, Any]) -> dict[str, Any]:
 def args_that_count(args: Mapping[str, Any]) -> dict[str, Any]:
     """A record's ``args`` with every setting that changes no number left out (see the module
     docstring); what remains differs between two runs exactly when their numbers may."""
-    out = {k: v for k, v in args.items() if k not in PLACE_ARGS and k not in _PRECISION_ARGS}
+    out = {k: v for k, v in args.items() if k not in PLACE_ARGS and k not in _PRECISION_ARGS and k != "perturbation"}
     if isinstance(args.get("dataset_options"), Mapping):
         out["dataset_options"] = dataset_options_that_count(args["dataset_options"])
     if isinstance(args.get("backbone_options"), Mapping):
         out["backbone_options"] = backbone_options_that_count(args["backbone_options"])
     out.update(precision_that_counts(args))
+    out.update(_recorded_perturbation(args))
     return out

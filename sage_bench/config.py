@@ -22,7 +22,11 @@ from omegaconf.errors import InterpolationResolutionError
 
 from sage_bench import hparams as hp
 from sage_bench import precision as prec
-from sage_bench.computation import backbone_options_that_count, dataset_options_that_count
+from sage_bench.computation import (
+    backbone_options_that_count,
+    dataset_options_that_count,
+    perturbation_that_counts,
+)
 from sage_bench.data import get_dataset_class
 from sage_bench.data.catalog import ALL_DATASET_NAMES, dataset_task
 from sage_bench.errors import ConfigError
@@ -337,7 +341,7 @@ class JobSpec:
         from sage_bench.algorithms.registry import get_algorithm
 
         perturbed = getattr(get_algorithm(self.algorithm).cls, "takes_perturbed_gradient", False)
-        return prec.perturbation_identity(
+        return perturbation_that_counts(
             self.perturbation, self.perturbation_tolerance, self.precision, perturbed, self.multi_task
         )
 

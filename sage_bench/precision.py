@@ -133,24 +133,6 @@ def resolve_precision(
     return Precision(train=train, eval=evaluation, polar=polar, tf32=cuda and use_tf32, train_follows_perturbation=follows)
 
 
-def perturbation_identity(
-    method: str, tolerance: float, precision: Mapping[str, str], perturbed_gradient: bool, multi_task: bool = False
-) -> dict[str, Any]:
-    """The ``perturbation`` entry of a job's identity: none where the job computes what it
-    computed before the key existed -- an algorithm without perturbed gradients, the
-    ``difference``, and ``auto`` where the training precision is float32 (``precision.train=fp32``,
-    or ``auto`` for a multi-task job), where ``auto`` is the float32 difference; else the method
-    (with ``auto``, its tolerance)."""
-    if not perturbed_gradient or method == "difference":
-        return {}
-    train = {**DEFAULT_PRECISION, **precision}["train"]
-    if method == "auto":
-        if train == "fp32" or (train == "auto" and multi_task):
-            return {}
-        return {"perturbation": {"method": method, "tolerance": tolerance}}
-    return {"perturbation": {"method": method}}
-
-
 def identity_settings(
     precision: Mapping[str, str], tf32: bool | str, compile: bool, perturbs_weights: bool, multi_task: bool = False
 ) -> dict[str, Any]:

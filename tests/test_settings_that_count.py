@@ -56,7 +56,17 @@ SAGE_DIGITS = ["algorithm=SAGE", *DIGITS]
         (PACS, [*PACS, "dataset.eval_cache=require"], False),
         (PACS, [*PACS, "num_workers=0", "progress=false", "eval_batch_size=7"], False),
         (PACS, [*PACS, "backbone.pretrained=/elsewhere/weights.bin"], False),  # where the named weights lie
-        (SAGE_DIGITS, [*SAGE_DIGITS, "precision.train=fp32", "tf32=false"], False),  # auto's values for SAGE
+        # auto's values for SAGE where its perturbed gradient is the difference
+        (
+            [*SAGE_DIGITS, "perturbation=difference"],
+            [*SAGE_DIGITS, "perturbation=difference", "precision.train=fp32", "tf32=false"],
+            False,
+        ),
+        # perturbation=auto may train SAGE in bf16 on CUDA (linearized); fp32 keeps the difference
+        (SAGE_DIGITS, [*SAGE_DIGITS, "precision.train=fp32", "tf32=false"], True),
+        ([*SAGE_DIGITS, "precision.train=fp32"], [*SAGE_DIGITS, "precision.train=fp32", "perturbation=difference"], False),
+        (SAGE_DIGITS, [*SAGE_DIGITS, "perturbation=linearized"], True),
+        (DIGITS, [*DIGITS, "perturbation=linearized"], False),  # ERM takes no perturbed gradient
         (SAGE_DIGITS, [*SAGE_DIGITS, "precision.train=bf16"], True),
         (DIGITS, [*DIGITS, "tf32=false"], True),  # ERM: auto is TF32 on CUDA
         (PACS, [*PACS, "dataset.eval_augment=false"], True),

@@ -49,6 +49,7 @@ REQUIRED_ARGS = ("dataset", "algorithm", "trial_seed", "hparams_seed")
 SETTING_ARGS = (
     "hparams_seed", "hparams", "epochs", "lr_step_epochs", "lr_gamma", "backbone", "backbone_options",
     "optimizer", "optimizer_options", "dataset_options", "precision", "tf32", "compile",
+    "perturbation",
 )  # fmt: skip
 # rows trained as one network per task: the hyperparameter naming the task (not a setting)
 PER_TASK_ROWS = {"STL": "task"}

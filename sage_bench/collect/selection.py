@@ -92,6 +92,7 @@ def algorithm_name(record: dict) -> str:
 SETTING_ARGS = (
     "backbone", "backbone_options", "optimizer", "optimizer_options", "dataset_options", "steps",
     "checkpoint_freq", "holdout_fraction", "seed", "autocast", "precision", "tf32", "compile",
+    "perturbation",
 )  # fmt: skip
 DERIVED_SEED = "per job"  # the label of a seed derived from the job, as DomainBed's sweep sets it
 
