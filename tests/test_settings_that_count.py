@@ -88,6 +88,20 @@ def test_the_rule_reads_records_of_every_age_and_any_algorithm():
     assert args_that_count(unknown) == {"algorithm": "NotLoadedHere", **{k: unknown[k] for k in ("precision", "tf32")}}
 
 
+
+@pytest.mark.parametrize("algorithm", ["SAGE", "SAM", "SAGE-LS"])
+def test_records_written_before_the_perturbation_key_count_as_the_difference(algorithm):
+    """A record without ``perturbation`` (older sage-bench: the difference) is the same
+    computation as a new one wherever the new one's method does not count, and differs where it
+    does (``perturbation=linearized``)."""
+    from sage_bench.computation import args_that_count
+
+    data = ["dataset=DigitScenes", "epochs=1"] if algorithm == "SAGE-LS" else DIGITS
+    for extra, same in (([], algorithm == "SAGE-LS"), (["precision.train=fp32"], True), (["perturbation=linearized"], False)):
+        new = _record([f"algorithm={algorithm}", *data, *extra])["args"]
+        old = {k: v for k, v in new.items() if k != "perturbation"}
+        assert (args_that_count(old) == args_that_count(new)) is same, extra
+
 def test_a_multi_task_row_is_not_split_by_a_precision_spelled_as_its_default():
     base = ["dataset=DigitScenes", "algorithm=LS", "epochs=1"]
     first, second = _record(base), _record([*base, "precision.eval=fp32", "precision.train=fp32"])
