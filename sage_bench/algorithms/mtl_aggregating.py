@@ -147,7 +147,8 @@ class CAGrad(SourceAggregation):
     solver_keys = ("c",)
 
 
-MOCO_RANGES = {"beta": POSITIVE, "beta_sigma": NON_NEGATIVE, "gamma": POSITIVE, "gamma_sigma": NON_NEGATIVE, "rho": NON_NEGATIVE}
+# beta is the first step of the tracking variables y <- y - beta_t (y - g): above 1 it overshoots
+MOCO_RANGES = {"beta": Range(0.0, 1.0, low_open=True), "beta_sigma": NON_NEGATIVE, "gamma": POSITIVE, "gamma_sigma": NON_NEGATIVE, "rho": NON_NEGATIVE}
 
 
 @register_algorithm("MoCo", space=_space("moco", MOCO_RANGES), task=MULTI_TASK)

@@ -41,6 +41,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
+from sage_bench.data.catalog import DATA_VERSIONS
 from sage_bench.data.digits import load_digit_images
 from sage_bench.data.multitask import MultiTaskDataset, TensorSplit
 from sage_bench.mtl.tasks import depth, normal, segmentation
@@ -50,12 +51,21 @@ DIGIT_SIZE = 28
 DIGITS_PER_SCENE = 1
 DIGIT_GROUPS = 5  # digits 0-1, 2-3, 4-5, 6-7, 8-9
 CLASSES = 1 + DIGIT_GROUPS  # background + the groups
-HUE_NOISE = 0.02
+COLOUR_NOISE = 0.02
 TRAIN_SCENES, VAL_SCENES = 1024, 256
 TRAIN_DIGIT_SHARE = 0.7  # of the 1,797 digits, the first 70% (fixed shuffle) draw train scenes
-LIGHT = (-0.5, -0.5, 1.0)  # towards the light, in (x, y, z) image coordinates
-HAZE = (0.55, 0.6, 0.7)
-HAZE_DENSITY = 0.2
+# towards the red, green and blue lights, in (x, y, z) image coordinates: from the left, from the
+# camera, from the top (three colours from three directions: a normal is read from the colour)
+LIGHTS = ((-1.0, 0.0, 1.0), (0.0, 0.0, 1.0), (0.0, -1.0, 1.0))
+AMBIENT = 0.1  # share of the shading that does not depend on the normal
+BACKGROUND = (0.8, 0.8, 0.8)  # the plane's albedo, the same in every scene
+DIGIT_COLOURS = ((1.0, 0.1, 0.1), (0.1, 1.0, 0.1), (0.1, 0.1, 1.0), (1.0, 1.0, 0.1), (0.1, 1.0, 1.0))  # per pair
+Z_NEAR, Z_FAR = 1.5, 2.5  # range of the plane's depth at the image centre
+Z_REFERENCE = 2.0  # depth at which the lamp's falloff is 1
+NOISE = 0.02
+RELIEF = (0.4, 1.0)  # range of the digit's height above the plane
+RELIEF_BLUR = 0
+SLOPE = 1.0  # largest change of the plane's depth across the image, along x and along y
 PIXEL = 2.0 / SIZE  # the image spans 2 depth units: slopes are in depth units per depth unit
 HOLE = 6  # side of the square of invalid depth and normals
 
@@ -102,22 +112,17 @@ def render_scenes(
     g = generator
     coords = torch.linspace(-0.5, 0.5, SIZE)
     y, x = torch.meshgrid(coords, coords, indexing="ij")
-    z0 = 2.5 + torch.rand(count, 1, 1, generator=g)
-    slopes = torch.rand(count, 2, 1, 1, generator=g) * 2 - 1
+    z0 = Z_NEAR + (Z_FAR - Z_NEAR) * torch.rand(count, 1, 1, generator=g)
+    slopes = SLOPE * (torch.rand(count, 2, 1, 1, generator=g) * 2 - 1)
     plane = z0 + slopes[:, 0] * x + slopes[:, 1] * y  # (N, H, W)
 
     picks = torch.randint(len(labels), (count, DIGITS_PER_SCENE), generator=g)
     corners = torch.randint(SIZE - DIGIT_SIZE + 1, (count, DIGITS_PER_SCENE, 2), generator=g)
-    heights = 0.4 + 0.6 * torch.rand(count, DIGITS_PER_SCENE, generator=g)
-    # background: a pale colour; digit d: a colour of hue d/10 (+-4%), vivid
-    background = _hsv_to_rgb(
-        torch.rand(count, generator=g), 0.25 * torch.rand(count, generator=g), 0.5 + 0.5 * torch.rand(count, generator=g)
-    )
+    heights = RELIEF[0] + (RELIEF[1] - RELIEF[0]) * torch.rand(count, DIGITS_PER_SCENE, generator=g)
+    # the background's albedo is the same grey in every scene; digit pair p has colour p (+-2%)
     groups = labels[picks] // 2
-    hues = (groups.float() / DIGIT_GROUPS + HUE_NOISE * torch.randn(count, DIGITS_PER_SCENE, generator=g)) % 1.0
-    saturation = 0.8 + 0.2 * torch.rand(count, DIGITS_PER_SCENE, generator=g)
-    value = 0.7 + 0.3 * torch.rand(count, DIGITS_PER_SCENE, generator=g)
-    palette = torch.cat([background[:, None], _hsv_to_rgb(hues, saturation, value)], dim=1)
+    colours = torch.tensor(DIGIT_COLOURS)[groups] * (1 + COLOUR_NOISE * torch.randn(count, DIGITS_PER_SCENE, 3, generator=g))
+    palette = torch.cat([torch.tensor(BACKGROUND).expand(count, 1, 3), colours.clamp(0.0, 1.0)], dim=1)
 
     seg = torch.zeros(count, SIZE, SIZE, dtype=torch.int64)
     relief = torch.zeros(count, SIZE, SIZE)
@@ -125,7 +130,8 @@ def render_scenes(
     albedo = palette[:, 0, :, None, None].expand(count, 3, SIZE, SIZE)
     for k in range(DIGITS_PER_SCENE):
         ink = _place(strokes[picks[:, k]], corners[:, k])
-        relief = torch.maximum(relief, heights[:, k, None, None] * ink)
+        bump = ink if RELIEF_BLUR == 0 else F.avg_pool2d(ink[:, None], 2 * RELIEF_BLUR + 1, 1, RELIEF_BLUR, count_include_pad=False)[:, 0]
+        relief = torch.maximum(relief, heights[:, k, None, None] * bump)
         covered += (ink > 0.2).long()
         seg = torch.where(ink > 0.5, 1 + groups[:, k, None, None], seg)
         seg = torch.where((ink > 0.2) & (ink <= 0.5), -1, seg)
@@ -135,11 +141,12 @@ def render_scenes(
     z = (plane - relief).unsqueeze(1)
     normals = normals_from_depth(z)
 
-    light = torch.tensor(LIGHT) / torch.linalg.vector_norm(torch.tensor(LIGHT))
-    shading = 0.3 + 0.7 * (normals * light.view(1, 3, 1, 1)).sum(1, keepdim=True).clamp_min(0.0)
-    haze = torch.exp(-HAZE_DENSITY * (z - 1.0))
-    image = albedo * shading * haze + (1 - haze) * torch.tensor(HAZE).view(1, 3, 1, 1)
-    image = image + 0.02 * torch.randn(image.shape, generator=g)
+    lights = torch.tensor(LIGHTS)  # (3, 3): row c points towards the light of colour channel c
+    lights = lights / torch.linalg.vector_norm(lights, dim=1, keepdim=True)
+    shading = AMBIENT + (1 - AMBIENT) * torch.einsum("nkhw,ck->nchw", normals, lights).clamp_min(0.0)
+    falloff = (Z_REFERENCE / z) ** 2  # the lamp at the camera: inverse-square in depth
+    image = albedo * shading * falloff
+    image = image + NOISE * torch.randn(image.shape, generator=g)
 
     holes = torch.rand(count, generator=g) < 0.5
     hole_corners = torch.randint(SIZE - HOLE + 1, (count, 2, 1, 1), generator=g)
@@ -176,6 +183,7 @@ class DigitScenes(MultiTaskDataset):
     HPARAM_FAMILY = "small"
     MODEL_WIDTH = "narrow"
     DELTA_M = None
+    VERSION = DATA_VERSIONS["DigitScenes"]  # raise it there whenever the scenes change
 
     def __init__(
         self,
