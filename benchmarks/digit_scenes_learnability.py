@@ -29,9 +29,9 @@ from sage_bench.mtl import MetricAccumulator, MultiTaskLoss
 HEADLINE = {"seg": "seg_miou", "depth": "depth_abs_err", "normal": "normal_angle_mean"}
 
 
-def run(row: str, data, hparams: dict, steps: int, batch_size: int, lr: float, seed: int) -> dict[str, float]:
+def run(row: str, data, hparams: dict, steps: int, batch_size: int, lr: float, seed: int, width: str) -> dict[str, float]:
     torch.manual_seed(seed)
-    net = mtan(data.tasks, "narrow")
+    net = mtan(data.tasks, width)
     algo = build_multitask_algorithm(row, net, torch.optim.Adam(net.parameters(), lr), MultiTaskLoss(data.tasks), hparams, "small")
     loader = DataLoader(data.train, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
     step = 0
@@ -57,6 +57,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--train-scenes", type=int, default=512)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--width", default="narrow", help="MTAN width (sage_bench.models.mtan.WIDTHS)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -66,12 +67,12 @@ def main() -> None:
     digit_scenes.make_digit_scenes.cache_clear()
     data = digit_scenes.DigitScenes(train_scenes=args.train_scenes)
     start = time.time()
-    floor = run("Constant", data, {}, -(-args.train_scenes // args.batch_size), args.batch_size, args.lr, 0)
-    print(f"renderer {args.set or 'as committed'}; {args.steps} steps of {args.batch_size}, lr {args.lr}")
+    floor = run("Constant", data, {}, -(-args.train_scenes // args.batch_size), args.batch_size, args.lr, 0, args.width)
+    print(f"renderer {args.set or 'as committed'}; {args.width} MTAN, {args.steps} steps of {args.batch_size}, lr {args.lr}")
     print(f"{'seed':>4} {'task':>7} {'metric':>18} {'STL':>9} {'Constant':>9} {'ratio':>6}")
     for seed in args.seeds:
         for task, key in HEADLINE.items():
-            stl = run("STL", data, {"task": task}, args.steps, args.batch_size, args.lr, seed)
+            stl = run("STL", data, {"task": task}, args.steps, args.batch_size, args.lr, seed, args.width)
             print(f"{seed:>4} {task:>7} {key:>18} {stl[key]:>9.4f} {floor[key]:>9.4f} {stl[key] / floor[key]:>6.2f}", flush=True)
     print(f"{time.time() - start:.0f} s (one thread)")
 

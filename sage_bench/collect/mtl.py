@@ -265,8 +265,10 @@ def run_means(records: list[dict], last: int = LAST_EPOCHS, include_unfinished: 
 
 
 def row_order(names: Iterable[str]) -> list[str]:
-    """Table 2's row order (the paper's CSV), then other rows by name; a row's settings after it."""
-    order = ["STL", *[m for m in _paper_csv()["method"] if m != "STL"]]  # the CSV is in Table 2's order
+    """``Constant`` (the floor), Table 2's row order (the paper's CSV), then other rows by name; a
+    row's settings after it."""
+    # the floor first, then the CSV's rows (in Table 2's order)
+    order = ["Constant", "STL", *[m for m in _paper_csv()["method"] if m != "STL"]]
 
     def key(name: str) -> tuple:
         base, _, setting = name.partition(" (")
