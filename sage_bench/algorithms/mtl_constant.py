@@ -73,6 +73,9 @@ class Constant(MultiTaskAlgorithm):
 
     def end_epoch(self, epoch):
         self.fitted = True
+        # no parameter has a gradient, so nothing moves; the runner's learning-rate scheduler
+        # then knows the optimizer was called (PyTorch warns about a scheduler step before one)
+        self.optimizer.step()
 
     def median_depth(self, name: str) -> float:
         histogram = self.depth_histogram[name]
