@@ -129,6 +129,18 @@ def describe_table2_plan(jobs: Sequence[SweepJob], cost: MultiTaskCostModel = Mu
     return "\n".join(lines)
 
 
+def describe_row_hparams(jobs: Sequence[SweepJob]) -> str:
+    """Each (data set, row)'s own hyperparameters as its jobs resolve them (a row's defaults may
+    depend on the data set: SAMO's on Cityscapes follow its Cityscapes trainer)."""
+    from sage_bench.hparams import SHARED_HPARAM_NAMES
+
+    lines = []
+    for (dataset, row), job in {(j.spec.dataset, j.spec.algorithm): j for j in jobs}.items():
+        own = {k: v for k, v in job.spec.hparams.items() if k not in SHARED_HPARAM_NAMES and k != "task"}
+        lines.append(f"{dataset:<12}{row:<22}" + (" ".join(f"{k}={v}" for k, v in own.items()) or "-"))
+    return "\n".join(lines)
+
+
 def write_table2(records: list[dict], folder: Path, compare_paper: bool) -> str:
     """Write ``table.md`` and ``table.csv`` of the multi-task records into ``folder``; return the text."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -155,6 +167,7 @@ def reproduce_table2(
     jobs = sweep.jobs()
     print(describe_table2_plan(jobs))
     if dry_run:
+        print(describe_row_hparams(jobs))
         return launch_sweep(sweep, launcher_overrides, dry_run=True)
     code, done = launch_until_done(sweep, jobs, launcher_overrides, "Table 2")
     if not done:

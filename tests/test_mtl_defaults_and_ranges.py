@@ -3,6 +3,8 @@ change exactly where the computation changed."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from sage_bench.cli import main
@@ -29,6 +31,13 @@ def test_the_cityscapes_defaults_show_in_a_dry_run(tmp_path, capsys):
     assert main(["train", *PAPER, "dataset=Cityscapes", "algorithm=SAMO-LS", f"output_dir={tmp_path}", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "hparams.zo_mix: layerwise" in out and "hparams.accumulate_previous: True" in out
+    assert main(["train", *PAPER, "dataset=Cityscapes", "algorithm=SAMO-LS", "--show-config"]) == 0
+    out = capsys.readouterr().out
+    assert "#   zo_mix: layerwise" in out and "#   accumulate_previous: True" in out
+    assert main(["reproduce", "table2", "--dry-run", "--output-dir", str(tmp_path / "t2"), "--algorithms", "SAMO-LS"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^Cityscapes\s+SAMO-LS\s+.*zo_mix=layerwise accumulate_previous=True$", out, re.M)
+    assert re.search(r"^NYUv2\s+SAMO-LS\s+.*zo_mix=raw accumulate_previous=False$", out, re.M)
 
 
 def test_sage_x_descends_as_x_and_carries_no_zeroth_order_knobs():
