@@ -40,6 +40,13 @@ EVAL_CACHE_MODES = ("auto", "off", "require")
 EVAL_BATCH_SIZE = 128  # domain generalization's evaluation batch when eval_batch_size is null
 
 
+# Multi-task hyperparameters whose default changed, with the former default: a job whose value
+# differs from it has that value in its identity (``JobSpec._multitask_identity``). SAGE-X now
+# descends as X (it descended as SAMO-X); SAMO-X and SAGE-SAMO-X on Cityscapes now follow SAMO's
+# Cityscapes trainer (they followed its NYU-v2 one).
+MTL_FORMER_DEFAULTS: dict[str, Any] = {"descent": "samo", "zo_mix": "raw", "accumulate_previous": False}
+
+
 @dataclass
 class WandbSchema:
     """``wandb.*`` keys: see ``sage_bench.run.tracking``."""
@@ -346,10 +353,14 @@ class JobSpec:
         )
 
     def _multitask_identity(self) -> dict[str, Any]:
-        """A multi-task job's identity: no key of it existed before multi-task jobs, so all enter."""
+        """A multi-task job's identity: no key of it existed before multi-task jobs, so all enter.
+        Two more enter where the computation changed: a generated data set's ``VERSION``, and
+        the hyperparameters whose default changed (``MTL_FORMER_DEFAULTS``) where the job's value
+        is not the former default, as if given on the command line (so a job that gave the new
+        default explicitly before keeps its folder)."""
         values = {
             "task": self.task,
-            "dataset": {"name": self.dataset, **dataset_options_that_count(self.dataset_options)},
+            "dataset": {"name": self.dataset, **dataset_options_that_count(self.dataset_options), **self._data_version()},
             "algorithm": self.algorithm,
             "backbone": {"name": self.backbone, **self.backbone_options},
             "optimizer": {"name": self.optimizer, **self.optimizer_options},
@@ -359,13 +370,26 @@ class JobSpec:
             "epochs": self.epochs,
             "lr_step_epochs": self.lr_step_epochs,
             "lr_gamma": self.lr_gamma,
-            "hparams_overrides": self.hparams_overrides,
+            "hparams_overrides": {**self._changed_defaults(), **self.hparams_overrides},
         }
         values.update(
             prec.identity_settings(self.precision, self.tf32, self.compile, self.perturbs_weights(), multi_task=True)
         )
         values.update(self._perturbation_identity())
         return values
+
+    def _data_version(self) -> dict[str, int]:
+        """``{"version": N}`` for a generated data set (``MultiTaskDataset.VERSION``), else nothing."""
+        version = get_dataset_class(self.dataset).VERSION
+        return {} if version is None else {"version": version}
+
+    def _changed_defaults(self) -> dict[str, Any]:
+        """The job's hyperparameters whose default changed and that are not at the former one."""
+        return {
+            name: self.hparams[name]
+            for name, former in MTL_FORMER_DEFAULTS.items()
+            if name in self.hparams and self.hparams[name] != former
+        }
 
     def perturbs_weights(self) -> bool:
         """Whether the job's algorithm takes gradients at perturbed weights (the SAM family, SAGE)."""
@@ -449,6 +473,7 @@ class JobSpec:
             "device": self.device,
             "job_id": self.job_id,
             "dataset_options": self.dataset_options,
+            **({"data_version": v} if (v := self._data_version().get("version")) is not None else {}),
             "backbone_options": self.backbone_options,
             "optimizer_options": self.optimizer_options,
             "precision": dict(self.precision),

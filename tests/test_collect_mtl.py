@@ -1,6 +1,7 @@
 """Table 2 from multi-task records: the lineage's averaging (last 10 epochs of the shortest run,
-then seeds, then Delta_m of the averages), STL assembled from its per-task runs, the paper's
-printed and recomputed Delta_m, and all of it without torch."""
+then seeds, then Delta_m of the averages) with the spread across seeds, unfinished runs and runs
+on older generated data left out, STL assembled from its per-task runs, the paper's printed and
+recomputed Delta_m, and all of it without torch."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 from sage_bench.cli import main
 from sage_bench.collect import find_runs
 from sage_bench.collect.mtl import epoch_windows, paper_table2, render, table2_frame
-from sage_bench.data.catalog import MULTITASK_TASKS
+from sage_bench.data.catalog import DATA_VERSIONS, MULTITASK_TASKS
 from sage_bench.mtl.delta_m import DELTA_M_BASES
 from sage_bench.mtl.tasks import metric_suffixes
 
@@ -34,13 +35,18 @@ def base_metrics(dataset: str) -> dict[str, float]:
 
 
 def write_run(root: Path, dataset: str, algorithm: str, trial: int, epochs: int, value, hparams=None, overrides=None,
-              done: bool = True) -> Path:  # fmt: skip
-    """A run folder whose record of epoch ``e`` has ``test_<k> = value(k, e)``."""
-    job_id = f"{dataset}-{algorithm}-{trial}-{json.dumps(overrides, sort_keys=True)}"
+              done: bool = True, planned: int | None = None, data_version: int | None = None) -> Path:  # fmt: skip
+    """A run folder whose record of epoch ``e < epochs`` has ``test_<k> = value(k, e)``, planned
+    for ``planned`` epochs (default: ``epochs``), on data of ``data_version`` (default: current)."""
+    planned = epochs if planned is None else planned
+    job_id = f"{dataset}-{algorithm}-{trial}-{planned}-{json.dumps(overrides, sort_keys=True)}"
     folder = root / job_id.replace(" ", "").replace('"', "").replace(":", "=")
     folder.mkdir(parents=True)
     args = {"dataset": dataset, "algorithm": algorithm, "trial_seed": trial, "hparams_seed": 0, "seed": trial,
-            "task": "multi_task", "job_id": job_id, "output_dir": str(folder), "epochs": epochs, "hparams": overrides}  # fmt: skip
+            "task": "multi_task", "job_id": job_id, "output_dir": str(folder), "epochs": planned, "hparams": overrides}  # fmt: skip
+    version = DATA_VERSIONS.get(dataset) if data_version is None else data_version
+    if version is not None:
+        args["data_version"] = version
     lines = []
     for epoch in range(epochs):
         record = {"epoch": epoch, "step": epoch, "loss": 1.0, "args": args, "hparams": {**(hparams or {}), **(overrides or {})}}
@@ -66,28 +72,75 @@ def test_each_run_is_averaged_over_the_last_ten_epochs_then_over_seeds(tmp_path)
     for trial in (0, 1):
         write_run(tmp_path, "NYUv2", "LS", trial, 12, lambda k, e, t=trial: base[k] * (1 + 0.01 * e + 0.1 * t))
     records = find_runs(tmp_path).records
-    assert epoch_windows(records) == {"NYUv2": (2, 12)}
+    assert windows(records) == {("NYUv2", 12): (2, 12)}
     (row,) = table2_frame(records).to_dict("records")
     # epochs 2..11 average e = 6.5; seeds 0 and 1 average t = 0.5
     expected = {k: base[k] * (1 + 0.065 + 0.05) for k in keys("NYUv2")}
     assert all(row[k] == pytest.approx(v, rel=1e-12) for k, v in expected.items())
+    # the two seeds' means differ by 0.1 base: a standard deviation (ddof 1) of 0.1 base / sqrt(2)
+    assert all(row[f"{k}_std"] == pytest.approx(0.1 * base[k] / math.sqrt(2), rel=1e-9) for k in keys("NYUv2"))
+    seeds = [independent_delta_m({k: base[k] * (1 + 0.065 + 0.1 * t) for k in keys("NYUv2")}) for t in (0, 1)]
+    assert row["delta_m_std"] == pytest.approx(np.std(seeds, ddof=1), rel=1e-9)
     assert row["runs"] == 2 and row["epochs"] == "2-11" and row["delta_m_base"] == "published"
     assert row["delta_m"] == pytest.approx(independent_delta_m(expected), rel=1e-12)
     assert row["delta_m"] == pytest.approx(100 * 0.115 * (4 - 5) / 9, rel=1e-9)  # 4 lower-, 5 higher-is-better
 
 
-def test_the_shortest_run_sets_the_window_of_every_run(tmp_path):
+def windows(records, **options) -> dict:
+    return {group: (w.start, w.stop) for group, w in epoch_windows(records, **options).items()}
+
+
+def test_an_unfinished_run_is_left_out_with_a_warning_unless_asked_for(tmp_path):
     base = base_metrics("NYUv2")
     write_run(tmp_path, "NYUv2", "LS", 0, 15, lambda k, e: base[k] * (1 + 0.01 * e))
-    write_run(tmp_path, "NYUv2", "SAGE-LS", 0, 12, lambda k, e: base[k] * (1 - 0.01 * e), done=False)
+    unfinished = write_run(tmp_path, "NYUv2", "SAGE-LS", 0, 12, lambda k, e: base[k] * (1 - 0.01 * e), planned=15, done=False)
     records = find_runs(tmp_path).records
-    assert epoch_windows(records) == {"NYUv2": (2, 12)}  # CAGrad's plot.py: min over runs
-    rows = {r["algorithm"]: r for r in table2_frame(records).to_dict("records")}
+    with pytest.warns(UserWarning, match=f"left out {unfinished} \\(SAGE-LS, seed 0\\): unfinished, 12 of 15 epochs"):
+        frame = table2_frame(records)
+    (row,) = frame.to_dict("records")  # the finished row keeps its own last 10 epochs
+    assert row["algorithm"] == "LS" and row["epochs"] == "5-14"
+    assert row["seg_miou"] == pytest.approx(base["seg_miou"] * 1.095)
+
+    # included: CAGrad's plot.py rule within the group, and the note names the run that sets it
+    assert windows(records, include_unfinished=True) == {("NYUv2", 15): (2, 12)}
+    rows = {r["algorithm"]: r for r in table2_frame(records, include_unfinished=True).to_dict("records")}
     assert rows["LS"]["seg_miou"] == pytest.approx(base["seg_miou"] * 1.065)
     assert rows["SAGE-LS"]["seg_miou"] == pytest.approx(base["seg_miou"] * 0.935)
     assert list(rows) == ["LS", "SAGE-LS"]  # Table 2's order
-    completed = find_runs(tmp_path).completed().records
-    assert epoch_windows(completed) == {"NYUv2": (5, 15)}
+    text = render(records, include_unfinished=True)
+    assert f"epochs 2-11 (the last 10 of the shortest run, {unfinished})" in text
+
+
+def test_runs_planned_for_other_epochs_are_rows_with_their_own_window(tmp_path):
+    base = base_metrics("NYUv2")
+    short = write_run(tmp_path, "NYUv2", "LS", 0, 12, lambda k, e: base[k] * (1 + 0.01 * e))
+    long = write_run(tmp_path, "NYUv2", "LS", 0, 15, lambda k, e: base[k] * (1 + 0.01 * e))
+    records = find_runs(tmp_path).records
+    assert windows(records) == {("NYUv2", 12): (2, 12), ("NYUv2", 15): (5, 15)}
+    rows = {r["algorithm"]: r for r in table2_frame(records).to_dict("records")}
+    assert rows["LS (epochs=12)"]["seg_miou"] == pytest.approx(base["seg_miou"] * 1.065)
+    assert rows["LS (epochs=15)"]["seg_miou"] == pytest.approx(base["seg_miou"] * 1.095)
+    text = render(records)
+    assert str(short) in text and str(long) in text
+
+
+def test_runs_on_older_generated_data_are_left_out(tmp_path):
+    old = write_run(tmp_path, "DigitScenes", "LS", 0, 2, lambda k, e: 0.5, data_version=1)
+    write_run(tmp_path, "DigitScenes", "LS", 1, 2, lambda k, e: 0.7)
+    with pytest.warns(UserWarning, match=f"left out {old}: DigitScenes data of version 1, not the current 2"):
+        (row,) = table2_frame(find_runs(tmp_path).records).to_dict("records")
+    assert row["runs"] == 1 and row["seg_miou"] == pytest.approx(0.7)
+
+
+def test_the_collect_command_includes_unfinished_runs_on_request(tmp_path, capsys):
+    base = base_metrics("NYUv2")
+    write_run(tmp_path, "NYUv2", "LS", 0, 10, lambda k, e: base[k])
+    unfinished = write_run(tmp_path, "NYUv2", "MGDA", 0, 3, lambda k, e: base[k], planned=10, done=False)
+    assert main(["collect", str(tmp_path), "--format", "csv"]) == 0
+    captured = capsys.readouterr()
+    assert "MGDA" not in captured.out and f"left out {unfinished}" in captured.err
+    assert main(["collect", str(tmp_path), "--format", "csv", "--include-unfinished"]) == 0
+    assert "MGDA" in capsys.readouterr().out
 
 
 def test_stl_takes_each_tasks_metrics_from_the_run_that_trained_it(tmp_path):

@@ -95,3 +95,37 @@ def test_narrow_mtan_learns_every_task_in_a_few_dozen_steps():
     first, last = history[0], {k: np.mean([h[k] for h in history[-10:]]) for k in history[0]}
     for task in ("seg", "depth", "normal"):
         assert last[f"loss_{task}"] < 0.7 * first[f"loss_{task}"], task
+
+
+def _trained(row: str, data, hparams: dict, steps: int, seed: int) -> dict[str, float]:
+    """``row`` trained ``steps`` steps of 8 (Adam 5e-3, narrow MTAN), then its val metrics."""
+    from sage_bench.mtl import MetricAccumulator
+
+    torch.manual_seed(seed)
+    net = mtan(data.tasks, "narrow")
+    algo = build_multitask_algorithm(row, net, torch.optim.Adam(net.parameters(), 5e-3), MultiTaskLoss(data.tasks), hparams)
+    loader = DataLoader(data.train, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    for _, (x, targets) in zip(range(steps), loader, strict=False):
+        algo.update(x, targets)
+    algo.end_epoch(0)
+    algo.eval()
+    metrics = MetricAccumulator(data.tasks)
+    with torch.no_grad():
+        for x, targets in DataLoader(data.val, batch_size=8):
+            metrics.update(algo.predict(x), targets)
+    return metrics.compute()
+
+
+@pytest.mark.slow
+def test_stl_beats_the_constant_floor_on_segmentation_and_depth_at_the_quick_budget():
+    """quick-mtl's budget (one epoch of 512 scenes: 64 steps of 8), two seeds. What holds on the
+    version-2 scenes: STL's mIoU is above 1.5 x the Constant row's and its depth error below
+    0.8 x. Not reached at this budget: mIoU 2 x, depth 0.6 x, and normals at all (see
+    results/quick_mtl)."""
+    data = DigitScenes()
+    floor = _trained("Constant", data, {}, 64, 0)
+    for seed in (0, 1):
+        seg = _trained("STL", data, {"task": "seg"}, 64, seed)["seg_miou"]
+        depth = _trained("STL", data, {"task": "depth"}, 64, seed)["depth_abs_err"]
+        assert seg > 1.5 * floor["seg_miou"], (seed, seg, floor["seg_miou"])
+        assert depth < 0.8 * floor["depth_abs_err"], (seed, depth, floor["depth_abs_err"])

@@ -134,8 +134,9 @@ SAGE_ROWS = [
 def test_sage_rows_match_a_plain_restatement(batches, name, method, ascent):
     data, tasks = batches
     ours, theirs = _twins(tasks)
-    algo = _build(name, ours, tasks, rho=0.02, gamma=0.01, polar="svd")
-    assert algo.hparams["ascent"] == ascent and algo.hparams["descent"] == "samo"
+    # the restatement descends as SAMO-X: SAGE-X's own default (X's descent) is tested below
+    algo = _build(name, ours, tasks, rho=0.02, gamma=0.01, polar="svd", descent="samo")
+    assert algo.ascent == ascent and algo.hparams["descent"] == "samo"
     optimizer = _sgd(theirs.parameters())
     generator = torch.Generator().manual_seed(algo.noise.seed)
     np.random.seed(7)
@@ -162,20 +163,53 @@ def _sync(ours, our_optimizer, theirs, their_optimizer):
             b.copy_(a)
 
 
-@pytest.mark.parametrize("solver, row", [("ls", "LS"), ("mgda", "MGDA"), ("fairgrad", "FairGrad")])
-def test_sage_without_perturbation_or_noise_is_its_solver(batches, solver, row):
-    """rho = 0, gamma = 0: with X's own descent SAGE-X is X; with SAMO's it is SAMO-X at rho 0."""
+class _RecordingSGD(torch.optim.SGD):
+    """SGD that keeps a copy of every gradient it steps with (``None`` where a parameter has none)."""
+
+    def __init__(self, params):
+        super().__init__(params, lr=0.05, momentum=0.9)
+        self.seen: list[list[torch.Tensor | None]] = []
+
+    def step(self, closure=None):
+        self.seen.append([None if p.grad is None else p.grad.clone() for g in self.param_groups for p in g["params"]])
+        return super().step(closure)
+
+
+@pytest.mark.parametrize("row", ["LS", "MGDA", "FairGrad"])
+def test_sage_x_at_rho_and_gamma_zero_takes_the_steps_of_x(batches, row):
+    """SAGE-X with its defaults, only rho = gamma = 0 given: X's gradients and weights, step for step."""
     data, tasks = batches
-    sage_row = {"ls": "SAGE-LS", "mgda": "SAGE-MGDA", "fairgrad": "SAGE-FairGrad"}[solver]
-    for descent, other, other_hparams in ((("base", row, {})), ("samo", f"SAMO-{row}", {"rho": 0.0})):
-        nets = [_twins(tasks)[0] for _ in range(2)]
-        sage = _build(sage_row, nets[0], tasks, rho=0.0, gamma=0.0, descent=descent)
-        base = _build(other, nets[1], tasks, **other_hparams)
-        for x, targets in data[:2]:
-            sage.update(x, targets)
-            base.update(x, targets)
+    nets = [_twins(tasks)[0] for _ in range(2)]
+    optimizers = [_RecordingSGD(net.parameters()) for net in nets]
+    sage = build_multitask_algorithm(f"SAGE-{row}", nets[0], optimizers[0], MultiTaskLoss(tasks), {"rho": 0.0, "gamma": 0.0})
+    plain = build_multitask_algorithm(row, nets[1], optimizers[1], MultiTaskLoss(tasks), {})
+    assert sage.hparams["descent"] == "base" and sage.ascent == "mean"
+    atol = 1e-9 if row == "FairGrad" else 1e-12  # FairGrad's least squares stops within its tolerance
+    for step, (x, targets) in enumerate(data):
+        sage.update(x, targets)
+        plain.update(x, targets)
+        names = [name for name, _ in nets[0].named_parameters()]
+        for name, a, b in zip(names, optimizers[0].seen[step], optimizers[1].seen[step], strict=True):
+            assert (a is None) == (b is None), (step, name)
+            if a is not None:
+                assert torch.allclose(a, b, rtol=0, atol=atol), (step, name, (a - b).abs().max().item())
         for (name, a), b in zip(nets[0].named_parameters(), nets[1].parameters(), strict=True):
-            assert torch.allclose(a, b, rtol=0, atol=1e-12 if solver != "fairgrad" else 1e-9), (descent, name)
+            assert torch.allclose(a, b, rtol=0, atol=atol), (step, name)
+    assert len(optimizers[0].seen) == len(data) > 1
+
+
+@pytest.mark.parametrize("solver, row", [("ls", "LS"), ("mgda", "MGDA"), ("fairgrad", "FairGrad")])
+def test_sage_x_with_samo_descent_at_rho_zero_is_samo_x(batches, solver, row):
+    """The other reading, one override away: SAGE-X descending as SAMO-X is SAMO-X at rho 0."""
+    data, tasks = batches
+    nets = [_twins(tasks)[0] for _ in range(2)]
+    sage = _build(f"SAGE-{row}", nets[0], tasks, rho=0.0, gamma=0.0, descent="samo")
+    samo = _build(f"SAMO-{row}", nets[1], tasks, rho=0.0)
+    for x, targets in data[:2]:
+        sage.update(x, targets)
+        samo.update(x, targets)
+    for (name, a), b in zip(nets[0].named_parameters(), nets[1].parameters(), strict=True):
+        assert torch.allclose(a, b, rtol=0, atol=1e-12 if solver != "fairgrad" else 1e-9), name
 
 
 def test_scale_factors_of_samo_descent(batches):
@@ -238,6 +272,9 @@ def test_rows_spaces_and_errors(batches):
     sage = multitask_space("SAGE-FairGrad")
     assert sage["rho"].default == 1e-4 and sage["gamma"].default == 1e-5 and sage["alpha"].default == 2.0
     assert multitask_space("SAGE-SAMO-LS")["ascent"].default == "samo"
+    assert multitask_space("SAGE-SAMO-LS")["descent"].default == "samo" and sage["descent"].default == "base"
+    # SAGE-X reads no zeroth-order knob, so it has none (they would enter its jobs' identity)
+    assert not {"ascent", "beta", "zo_eps", "zo_mix", "accumulate_previous"} & set(sage)
     assert multitask_space("SAMO-FairGrad")["rho"].default == 0.001 and multitask_space("SAMO-LS")["beta"].default == 0.5
     net = _twins(tasks)[0]
     with pytest.raises(HParamError, match="unknown algorithm 'PCGrad-ish'; valid choices: .*STL"):
@@ -246,7 +283,9 @@ def test_rows_spaces_and_errors(batches):
         _build("ERM", net, tasks)
     with pytest.raises(HParamError, match="unknown hyperparameter 'alpah'"):
         _build("FairGrad", net, tasks, alpah=1.0)
-    with pytest.raises(HParamError, match="valid choices: mean, samo, samo_mean"):
-        _build("SAGE-LS", net, tasks, ascent="per-task")
+    with pytest.raises(HParamError, match="valid choices: samo, samo_mean"):
+        _build("SAGE-SAMO-LS", net, tasks, ascent="mean")
+    with pytest.raises(HParamError, match="unknown hyperparameter 'ascent'"):
+        _build("SAGE-LS", net, tasks, ascent="samo")
     with pytest.raises(ValueError, match="tasks: seg, depth, normal"):
         _build("STL", net, tasks, task="edges")

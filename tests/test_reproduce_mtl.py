@@ -13,6 +13,7 @@ from sage_bench.errors import ConfigError
 from sage_bench.reproduce_mtl import (
     MultiTaskCostModel,
     forward_gflop,
+    quick_mtl_sweep,
     reproduce_quick_mtl,
     table2_sweep,
 )
@@ -83,7 +84,7 @@ def test_reproduce_table2_plans_every_registered_row_in_table_2s_order(tmp_path)
     jobs = table2_sweep(tmp_path, trials=3).jobs()
     rows = list(dict.fromkeys(job.spec.algorithm for job in jobs))
     assert set(rows) == set(algorithms(MULTI_TASK))
-    assert rows[:2] == ["STL", "LS"]
+    assert rows[:3] == ["Constant", "STL", "LS"]
     some = ["MGDA", "PCGrad", "FairGrad", "SAMO-LS", "SAGE-LS", "SAGE-SAMO-LS"]  # in Table 2's order
     assert [r for r in rows if r in some] == some
     assert {job.spec.dataset for job in jobs} == {"NYUv2", "Cityscapes"}
@@ -92,21 +93,29 @@ def test_reproduce_table2_plans_every_registered_row_in_table_2s_order(tmp_path)
 
 @pytest.mark.slow
 def test_quick_mtl_end_to_end(tmp_path, capsys):
-    text = reproduce_quick_mtl(
-        tmp_path, algorithms=["LS", "STL"], workers=1, overrides=["dataset.train_scenes=16", "dataset.val_scenes=16"]
-    )
+    options = {"algorithms": ["LS", "STL", "Constant"], "workers": 1, "trials": 2,
+               "overrides": ["dataset.train_scenes=16", "dataset.val_scenes=16"]}  # fmt: skip
+    text = reproduce_quick_mtl(tmp_path, **options)
     lines = text.splitlines()
     assert lines[0] == "-------- Table 2 layout, dataset: DigitScenes"
-    assert [line.split()[0] for line in lines[3:5]] == ["STL", "LS"]
-    assert "Delta_m %" in lines[1] and "+0.00" in lines[3]  # STL against itself
-    assert "Note: one seed, 1 epoch (2 steps): a smoke test" in text
-    assert (tmp_path / "table.md").read_text().rstrip().endswith("(longer runs and more seeds for one, e.g. --trials 3 --epochs 6).")
-    assert (tmp_path / "table.csv").read_text().startswith("dataset,algorithm,runs,epochs,seg_miou")
-    assert len(list((tmp_path / "runs").glob("*/done"))) == 4  # STL x 3 tasks, LS
-    again = reproduce_quick_mtl(
-        tmp_path, algorithms=["LS", "STL"], workers=1, overrides=["dataset.train_scenes=16", "dataset.val_scenes=16"]
-    )
-    assert again == text and "4 jobs (4 already done)" in capsys.readouterr().out
+    assert [line.split()[0] for line in lines[3:6]] == ["Constant", "STL", "LS"]  # the floor first
+    assert "Delta_m %" in lines[1] and "+0.00 ± " in lines[4]  # STL against itself, with its spread over seeds
+    assert " ± " in lines[5].split("  ")[1] or " ± " in lines[5]
+    assert "Note: 2 seeds, mean ± standard deviation; 1 epoch (2 steps)" in text
+    assert "no better than Constant (the floor)" in (tmp_path / "table.md").read_text()
+    header = (tmp_path / "table.csv").read_text().splitlines()[0]
+    assert header.startswith("dataset,algorithm,runs,epochs,window_run,seg_miou") and "delta_m_std" in header
+    assert len(list((tmp_path / "runs").glob("*/done"))) == 10  # (STL x 3 tasks, LS, Constant) x 2 seeds
+    again = reproduce_quick_mtl(tmp_path, **options)
+    assert again == text and "10 jobs (10 already done)" in capsys.readouterr().out
+
+
+def test_quick_mtl_runs_three_seeds_of_every_row_and_the_floor_by_default(tmp_path):
+    jobs = quick_mtl_sweep(tmp_path).jobs()
+    rows = list(dict.fromkeys(job.spec.algorithm for job in jobs))
+    assert rows[:3] == ["Constant", "STL", "LS"] and set(rows) == set(algorithms(MULTI_TASK))
+    assert {job.spec.trial_seed for job in jobs} == {0, 1, 2}
+    assert all(job.spec.epochs == 1 and job.spec.device == "cpu" for job in jobs)
 
 
 def test_a_multitask_job_list_for_slurm_arrays_names_the_same_jobs(tmp_path, capsys):

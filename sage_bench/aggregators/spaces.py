@@ -20,19 +20,8 @@ scripts pass nothing); search ranges are stated where a paper or script gives on
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
-import numpy as np
-
-from sage_bench.hparams import HParam
-
-
-def _fixed(value: Any) -> Callable[[np.random.RandomState], Any]:
-    return lambda r: value
-
-
-def _one_of(values: list[float]) -> Callable[[np.random.RandomState], float]:
-    return lambda r: float(r.choice(values))
+from sage_bench.hparams import HParam, choice, const
 
 
 def no_hparams(dataset: str | None = None) -> dict[str, HParam]:
@@ -40,41 +29,41 @@ def no_hparams(dataset: str | None = None) -> dict[str, HParam]:
 
 
 def dwa_space(dataset: str | None = None) -> dict[str, HParam]:
-    return {"temperature": HParam(2.0, _fixed(2.0), "DWA's softmax temperature T")}
+    return {"temperature": HParam(2.0, const(2.0), "DWA's softmax temperature T")}
 
 
 def uw_space(dataset: str | None = None) -> dict[str, HParam]:
-    return {"lr": HParam(0.025, _fixed(0.025), "Adam learning rate of the log-variances")}
+    return {"lr": HParam(0.025, const(0.025), "Adam learning rate of the log-variances")}
 
 
 def cagrad_space(dataset: str | None = None) -> dict[str, HParam]:
     return {
-        "c": HParam(0.4, _one_of([0.2, 0.4, 0.6, 0.8]), "CAGrad's radius around the mean gradient")
+        "c": HParam(0.4, choice([0.2, 0.4, 0.6, 0.8]), "CAGrad's radius around the mean gradient")
     }
 
 
 def nashmtl_space(dataset: str | None = None) -> dict[str, HParam]:
     return {
-        "optim_niter": HParam(20, _fixed(20), "CCCP iterations per weight update"),
-        "update_weights_every": HParam(1, _fixed(1), "re-solve the weights every this many steps"),
+        "optim_niter": HParam(20, const(20), "CCCP iterations per weight update"),
+        "update_weights_every": HParam(1, const(1), "re-solve the weights every this many steps"),
     }
 
 
 def moco_space(dataset: str | None = None) -> dict[str, HParam]:
     return {
-        "beta": HParam(0.5, _fixed(0.5), "step size of the tracking variables"),
-        "beta_sigma": HParam(0.5, _fixed(0.5), "decay exponent of beta"),
-        "gamma": HParam(0.1, _fixed(0.1), "step size of the task weights"),
-        "gamma_sigma": HParam(0.5, _fixed(0.5), "decay exponent of gamma"),
-        "rho": HParam(0.0, _fixed(0.0), "l2 regularisation of the weights' update"),
+        "beta": HParam(0.5, const(0.5), "step size of the tracking variables"),
+        "beta_sigma": HParam(0.5, const(0.5), "decay exponent of beta"),
+        "gamma": HParam(0.1, const(0.1), "step size of the task weights"),
+        "gamma_sigma": HParam(0.5, const(0.5), "decay exponent of gamma"),
+        "rho": HParam(0.0, const(0.0), "l2 regularisation of the weights' update"),
     }
 
 
 def famo_space(dataset: str | None = None) -> dict[str, HParam]:
     gamma = 0.01 if dataset == "Cityscapes" else 0.001
     return {
-        "gamma": HParam(gamma, _one_of([1e-4, 1e-3, 1e-2]), "weight decay of FAMO's logits"),
-        "lr": HParam(0.025, _fixed(0.025), "Adam learning rate of FAMO's logits"),
+        "gamma": HParam(gamma, choice([1e-4, 1e-3, 1e-2]), "weight decay of FAMO's logits"),
+        "lr": HParam(0.025, const(0.025), "Adam learning rate of FAMO's logits"),
     }
 
 

@@ -36,6 +36,7 @@ from sage_bench.aggregators.nashmtl import _cvxpy as require_cvxpy
 from sage_bench.aggregators.sources import source_max_norm
 from sage_bench.aggregators.spaces import METHOD_SPACES
 from sage_bench.algorithms.multitask import GradientAggregation, MultiTaskAlgorithm
+from sage_bench.algorithms.perturbation import PerturbedGradient
 from sage_bench.algorithms.registry import MULTI_TASK, register_algorithm
 from sage_bench.algorithms.samo import SAMO, sam_scale
 from sage_bench.hparams import (
@@ -147,7 +148,8 @@ class CAGrad(SourceAggregation):
     solver_keys = ("c",)
 
 
-MOCO_RANGES = {"beta": POSITIVE, "beta_sigma": NON_NEGATIVE, "gamma": POSITIVE, "gamma_sigma": NON_NEGATIVE, "rho": NON_NEGATIVE}
+# beta is the first step of the tracking variables y <- y - beta_t (y - g): above 1 it overshoots
+MOCO_RANGES = {"beta": Range(0.0, 1.0, low_open=True), "beta_sigma": NON_NEGATIVE, "gamma": POSITIVE, "gamma_sigma": NON_NEGATIVE, "rho": NON_NEGATIVE}
 
 
 @register_algorithm("MoCo", space=_space("moco", MOCO_RANGES), task=MULTI_TASK)
@@ -207,7 +209,7 @@ def fmtl_space(context: SpaceContext) -> dict[str, HParam]:
 
 
 @register_algorithm("F-MTL", space=fmtl_space, task=MULTI_TASK)
-class FMTL(MultiTaskAlgorithm):
+class FMTL(PerturbedGradient, MultiTaskAlgorithm):
     """F-MTL (Phan et al., ICCV 2025), as ``train.py`` of VietHoang1512/FS-MTL (1371ec5,
     ``nyuv2/`` and ``city2scape/``) computes a step:
 
@@ -235,15 +237,17 @@ class FMTL(MultiTaskAlgorithm):
     """
 
     perturbs_weights = True
-    # the per-task passes at perturbed weights are SAMO's step 4 exactly
+    # the per-task passes at perturbed weights are SAMO's step 4 exactly, with its choice of
+    # how they are computed (``perturbation``: difference, linearized, auto)
     per_task_perturbed_gradients = SAMO.per_task_perturbed_gradients
+    decide_task_perturbation = SAMO.decide_task_perturbation
 
     def __init__(self, network, optimizer, hparams, loss_fn):
         super().__init__(network, optimizer, hparams, loss_fn)
         # PCGrad's projection orders (the code uses Python's global random), seeded by the job
         self.orders_rng = random.Random(int(torch.randint(0, 2**62, (1,)).item()))
 
-    def perturbation(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> list[torch.Tensor]:
+    def sam_perturbation(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> list[torch.Tensor]:
         """FS-MTL's ``rho s g / || s' g ||`` over ``params`` (one norm for the list)."""
         if self.hparams["adaptive"]:
             scale = sam_scale([p.detach().abs() * g for p, g in zip(params, grads, strict=True)], self.hparams["rho"])
@@ -269,8 +273,8 @@ class FMTL(MultiTaskAlgorithm):
         shared = self.shared_parameters()
         losses = self.task_losses(x, targets)
         clean = self.task_gradients(losses, keep_tensors=True)
-        shared_eps = [self.perturbation(shared, grads) for grads in clean.per_task_shared]
-        head_eps = {t: self.perturbation(self.head_parameters(t), clean.heads[t]) for t in self.tasks}
+        shared_eps = [self.sam_perturbation(shared, grads) for grads in clean.per_task_shared]
+        head_eps = {t: self.sam_perturbation(self.head_parameters(t), clean.heads[t]) for t in self.tasks}
         sam_rows, head_grads, perturbed_losses = self.per_task_perturbed_gradients(x, targets, shared_eps, head_eps)
         if self.hparams["combine"] == "sam":
             direction = self.combine_rows(sam_rows, clean.losses)

@@ -40,7 +40,7 @@ from sage_bench.aggregators import AGGREGATORS, aggregate
 from sage_bench.algorithms.registry import MULTI_TASK, register_algorithm
 from sage_bench.data.catalog import MULTITASK_TASKS
 from sage_bench.geometry import flatten, grads_of_losses, unflatten
-from sage_bench.hparams import HParam, SpaceContext
+from sage_bench.hparams import POSITIVE, HParam, SpaceContext, choice
 
 LossFn = Callable[[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]], Mapping[str, torch.Tensor]]
 
@@ -333,15 +333,13 @@ class GradientAggregation(MultiTaskAlgorithm):
 # Hyperparameter spaces (name -> HParam) of the solvers, registered with the rows.
 
 
-def _choice(values: list[Any]):
-    return lambda r: values[r.randint(len(values))]
-
-
 SOLVER_SPACES: dict[str, Callable[[], dict[str, HParam]]] = {
     "ls": dict,
     "mgda": dict,
     # alpha 2 is what FairGrad's run scripts use for NYUv2 and Cityscapes (the CLI default is 1)
-    "fairgrad": lambda: {"alpha": HParam(2.0, _choice([0.5, 1.0, 2.0, 5.0]), "FairGrad's alpha (A w = w^(-1/alpha))")},
+    "fairgrad": lambda: {
+        "alpha": HParam(2.0, choice([0.5, 1.0, 2.0, 5.0]), "FairGrad's alpha (A w = w^(-1/alpha))", range=POSITIVE)
+    },
 }
 
 

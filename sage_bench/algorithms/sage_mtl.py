@@ -59,7 +59,7 @@ import torch
 from sage_bench.algorithms.multitask import SOLVER_SPACES, NoiseSource
 from sage_bench.algorithms.perturbation import linearized_task_gradients
 from sage_bench.algorithms.registry import MULTI_TASK, register_algorithm
-from sage_bench.algorithms.samo import SAMO, WITH_SAMO, _const, zeroth_order_space
+from sage_bench.algorithms.samo import SAMO, WITH_SAMO, zeroth_order_space
 from sage_bench.algorithms.sharpness import frozen_batchnorm_statistics
 from sage_bench.geometry import (
     add_gaussian_noise_,
@@ -70,9 +70,10 @@ from sage_bench.geometry import (
     spectral_perturbation,
     unflatten,
 )
-from sage_bench.hparams import HParam, SpaceContext
+from sage_bench.hparams import AT_LEAST_ONE, NON_NEGATIVE, HParam, SpaceContext, const, log_uniform
 
 ASCENTS = ("mean", "samo", "samo_mean")
+SAMO_ASCENTS = ("samo", "samo_mean")  # SAGE-SAMO-X's; SAGE-X's ascent is always "mean"
 DESCENTS = ("samo", "base")
 # X's own clipping, for descent="base" (see sage_bench.algorithms.multitask)
 BASE_MAX_NORM = {"ls": None, "mgda": None, "fairgrad": 1.0}
@@ -94,10 +95,18 @@ class SAGEMultiTask(SAMO):
 
     def __init__(self, network, optimizer, hparams, loss_fn):
         super().__init__(network, optimizer, hparams, loss_fn)
-        for name, valid in (("ascent", ASCENTS), ("descent", DESCENTS), ("agreement_params", ("shared", "all"))):
-            if self.hparams[name] not in valid:
-                raise ValueError(f"hparams.{name}={self.hparams[name]!r}; valid choices: {', '.join(valid)}")
+        for name, value, valid in (
+            ("ascent", self.ascent, ASCENTS), ("descent", self.hparams["descent"], DESCENTS),
+            ("agreement_params", self.hparams["agreement_params"], ("shared", "all")),
+        ):  # fmt: skip
+            if value not in valid:
+                raise ValueError(f"hparams.{name}={value!r}; valid choices: {', '.join(valid)}")
         self.noise = NoiseSource()
+
+    @property
+    def ascent(self) -> str:
+        """``hparams["ascent"]``; SAGE-X has no such hyperparameter: its ascent is ``"mean"``."""
+        return self.hparams.get("ascent", self.default_ascent)
 
     def spectral(self, params, grads) -> list[torch.Tensor]:
         h = self.hparams
@@ -108,11 +117,11 @@ class SAGEMultiTask(SAMO):
 
     def ascent_directions(self, x, targets, mean_shared: list[torch.Tensor]) -> list[list[torch.Tensor]]:
         """One shared direction (``mean``, ``samo_mean``) or one per task (``samo``)."""
-        if self.hparams["ascent"] == "mean":
+        if self.ascent == "mean":
             return [mean_shared]
         zhat = {t: self.zeroth_order_gradient(x, targets, t) for t in self.tasks}
         per_task = [self.mixed_direction(mean_shared, zhat[t]) for t in self.tasks]
-        if self.hparams["ascent"] == "samo":
+        if self.ascent == "samo":
             return per_task
         return [torch.stack(list(tensors)).mean(0) for tensors in zip(*per_task, strict=True)]
 
@@ -149,7 +158,7 @@ class SAGEMultiTask(SAMO):
         beta = noise_scale(agreement, h["gamma"]) if h["noise"] else 0.0
         # the mean gradient: shared rows averaged, each head's own gradient / K
         mean = unflatten(clean.shared.mean(0), shared) + [g / len(self.tasks) for t in self.tasks for g in clean.heads[t]]
-        if h["accumulate_previous"] and self.previous is not None:
+        if h.get("accumulate_previous", False) and self.previous is not None:
             mean = [g if prev is None else g + prev for g, prev in zip(mean, self.previous, strict=True)]
 
         # 2-3. ascent directions and spectral perturbations
@@ -207,23 +216,33 @@ class SAGEMultiTask(SAMO):
 
 def sage_space(solver: str, ascent: str = "mean", context: SpaceContext | None = None) -> dict[str, HParam]:
     """SAGE-X's (``ascent="mean"``) or SAGE-SAMO-X's (``ascent="samo"``) hyperparameters.
-    rho 1e-4 and gamma 1e-5 are the paper's for both multi-task data sets."""
-    return {
-        "rho": HParam(1e-4, lambda r: float(10 ** r.uniform(-5, -3)), "spectral perturbation radius, relative to ||W||_F"),
-        "gamma": HParam(1e-5, lambda r: float(10 ** r.uniform(-6, -4)), "largest noise scale (at S = -1 it is 2 gamma)"),
-        "orthogonalize": HParam(True, _const(True), "polar factor of each weight gradient (off: G/||G||_F)"),
-        "layer_scale": HParam(True, _const(True), "scale each perturbation by ||W||_F"),
-        "noise": HParam(True, _const(True), "agreement-scaled gradient noise at the descent step"),
-        "polar": HParam("quintic", _const("quintic"), "how the polar factor is computed", ("quintic", "cubic", "svd")),
-        "ns_steps": HParam(5, _const(5), "Newton-Schulz iterations"),
-        "agreement_params": HParam("shared", _const("shared"), "parameters S is computed over", ("shared", "all")),
-        "ascent": HParam(ascent, _const(ascent), "one perturbation from the mean gradient, or SAMO's per task", ASCENTS),
-        "descent": HParam("samo", _const("samo"), "the solver with SAMO's scale factors and clip, or X's own", DESCENTS),
-        "noise_after_clip": HParam(True, _const(True), "add the noise after clipping the shared gradient"),
-        "noise_params": HParam("all", _const("all"), "parameters the noise is added to", ("all", "shared")),
-        **zeroth_order_space(),
-        **SOLVER_SPACES[solver](),
+    rho 1e-4 and gamma 1e-5 are the paper's for both multi-task data sets. SAGE-X descends as X
+    (``descent="base"``) and has no zeroth-order knobs (it never reads them); SAGE-SAMO-X
+    descends as SAMO-X and has SAMO's (with the data set's trainer defaults)."""
+    samo = ascent != "mean"
+    descent = "samo" if samo else "base"
+    space = {
+        "rho": HParam(1e-4, log_uniform(-5, -3), "spectral perturbation radius, relative to ||W||_F", range=NON_NEGATIVE),
+        "gamma": HParam(1e-5, log_uniform(-6, -4), "largest noise scale (at S = -1 it is 2 gamma)", range=NON_NEGATIVE),
+        "orthogonalize": HParam(True, const(True), "polar factor of each weight gradient (off: G/||G||_F)"),
+        "layer_scale": HParam(True, const(True), "scale each perturbation by ||W||_F"),
+        "noise": HParam(True, const(True), "agreement-scaled gradient noise at the descent step"),
+        "polar": HParam("quintic", const("quintic"), "how the polar factor is computed", ("quintic", "cubic", "svd")),
+        "ns_steps": HParam(5, const(5), "Newton-Schulz iterations", range=AT_LEAST_ONE),
+        "agreement_params": HParam("shared", const("shared"), "parameters S is computed over", ("shared", "all")),
+        "descent": HParam(
+            descent, const(descent), "base: X's own descent (SAGE-X's default); samo: X with SAMO's scale factors and clip "
+            "(SAGE-SAMO-X's default)", DESCENTS,
+        ),  # fmt: skip
+        "noise_after_clip": HParam(True, const(True), "add the noise after clipping the shared gradient"),
+        "noise_params": HParam("all", const("all"), "parameters the noise is added to", ("all", "shared")),
     }
+    if samo:
+        space["ascent"] = HParam(
+            ascent, const(ascent), "SAMO's per-task perturbations, or one from their mean", SAMO_ASCENTS
+        )
+        space.update(zeroth_order_space(context))
+    return {**space, **SOLVER_SPACES[solver]()}
 
 
 def _row(name: str, row: str, solver: str, ascent: str) -> type[SAGEMultiTask]:

@@ -35,8 +35,9 @@ Traps of the authors' code, and what is done here:
 - The Cityscapes trainer has no ``optimizer.zero_grad()``: step 1's backward adds onto the
   previous step's final gradients, so the "global" gradient (and the perturbations built from
   it) includes the last update. ``accumulate_previous=True`` reproduces that (the previous
-  final gradients are kept in the algorithm's state, so a resume does the same); default off
-  (the NYUv2 trainer).
+  final gradients are kept in the algorithm's state, so a resume does the same); it is the
+  default on Cityscapes (with ``zo_mix="layerwise"``, that trainer's mixture) and off elsewhere
+  (the NYUv2 trainer's ``zo_mix="raw"`` and ``zero_grad``); both stay overridable.
 - A zero ``zhat_{t,n}`` makes their layer-wise mixture divide by zero (NaN); so does it here.
 - ``adaptive`` (ASAM-style scaling) is off in every run script; it is not implemented.
 
@@ -61,20 +62,20 @@ from sage_bench.algorithms.perturbation import (
 from sage_bench.algorithms.registry import MULTI_TASK, register_algorithm
 from sage_bench.algorithms.sharpness import frozen_batchnorm_statistics
 from sage_bench.geometry import flatten, perturbed
-from sage_bench.hparams import HParam, SpaceContext
+from sage_bench.hparams import (
+    NON_NEGATIVE,
+    POSITIVE,
+    UNIT_INTERVAL,
+    HParam,
+    SpaceContext,
+    choice,
+    const,
+)
 
 SAM_EPS = 1e-12
 ZO_MIXES = ("raw", "layerwise")
 # what the *WithSAMO weight methods multiply each solver's usual direction by
 WITH_SAMO = {"ls": ("K", {}), "mgda": ("K", {}), "fairgrad": (1, {"residual": "samo"})}
-
-
-def _const(value: Any):
-    return lambda r: value
-
-
-def _choice(values: list[Any]):
-    return lambda r: values[r.randint(len(values))]
 
 
 def sam_scale(grads: list[torch.Tensor], rho: float) -> float:
@@ -118,7 +119,7 @@ class SAMO(PerturbedGradient, GradientAggregation):
         final gradients with ``accumulate_previous``."""
         params = self.all_parameters()
         grads = list(torch.autograd.grad(torch.stack(losses).mean(), params, allow_unused=True))
-        if self.hparams["accumulate_previous"] and self.previous is not None:
+        if self.hparams.get("accumulate_previous", False) and self.previous is not None:
             grads = [
                 g if prev is None else (prev.clone() if g is None else prev + g)
                 for g, prev in zip(grads, self.previous, strict=True)
@@ -220,8 +221,9 @@ class SAMO(PerturbedGradient, GradientAggregation):
         return self.decide_perturbation(params, eps, probe_loss_of(probe)).method
 
     def remember(self) -> None:
-        """Keep the final gradients for the next step's global gradient (``accumulate_previous``)."""
-        if self.hparams["accumulate_previous"]:
+        """Keep the final gradients for the next step's global gradient (``accumulate_previous``;
+        a row without it, SAGE-X, never accumulates)."""
+        if self.hparams.get("accumulate_previous", False):
             self.previous = [None if p.grad is None else p.grad.detach().clone() for p in self.all_parameters()]
 
     # ------------------------------------------------------------------ one step
@@ -270,23 +272,41 @@ class SAMO(PerturbedGradient, GradientAggregation):
         self.previous = state["previous"]
 
 
-def zeroth_order_space() -> dict[str, HParam]:
-    """SAMO's zeroth-order mixture (shared with SAGE-SAMO-X)."""
+def cityscapes_trainer(context: SpaceContext | None) -> bool:
+    """Whether SAMO's Cityscapes trainer (not its NYU-v2 one) sets the defaults: on Cityscapes."""
+    return context is not None and context.dataset == "Cityscapes"
+
+
+def zeroth_order_space(context: SpaceContext | None = None) -> dict[str, HParam]:
+    """SAMO's zeroth-order mixture (shared with SAGE-SAMO-X). ``zo_mix`` and
+    ``accumulate_previous`` follow the data set's trainer: Cityscapes' mixes per layer and never
+    zeroes the gradients before its first backward; NYU-v2's (and the embedded sets') mixes the raw
+    estimate and zeroes them."""
+    city = cityscapes_trainer(context)
+    mix = "layerwise" if city else "raw"
     return {
-        "beta": HParam(0.5, _choice([0.1, 0.3, 0.5, 0.7, 0.9]), "share of the zeroth-order task gradient in the ascent direction"),
-        "zo_eps": HParam(0.01, _const(0.01), "step of the zeroth-order (two-point) estimate"),
-        "zo_mix": HParam("raw", _const("raw"), "raw: the NYUv2 trainer's mixture; layerwise: the Cityscapes trainer's", ZO_MIXES),
-        "accumulate_previous": HParam(
-            False, _const(False), "add the previous final gradients to the global gradient (the Cityscapes trainer)"
+        "beta": HParam(
+            0.5, choice([0.1, 0.3, 0.5, 0.7, 0.9]), "share of the zeroth-order task gradient in the ascent direction",
+            range=UNIT_INTERVAL,
+        ),  # fmt: skip
+        "zo_eps": HParam(0.01, const(0.01), "step of the zeroth-order (two-point) estimate", range=POSITIVE),
+        "zo_mix": HParam(
+            mix, const(mix), "raw: the NYU-v2 trainer's mixture; layerwise: the Cityscapes trainer's (default there)", ZO_MIXES
         ),
+        "accumulate_previous": HParam(
+            city, const(city),
+            "add the previous step's final gradients to the global gradient: SAMO's Cityscapes trainer never zeroes "
+            "the gradients before its first backward (default there; off elsewhere, as its NYU-v2 trainer)",
+        ),  # fmt: skip
     }
 
 
 def samo_space(solver: str, context: SpaceContext | None = None) -> dict[str, HParam]:
-    """SAMO-X's hyperparameters: SAMO's run scripts use rho 0.001, beta 0.5, zo_eps 0.01."""
+    """SAMO-X's hyperparameters: SAMO's run scripts use rho 0.001, beta 0.5, zo_eps 0.01; the
+    mixture and the gradient accumulation of the data set's trainer (``zeroth_order_space``)."""
     return {
-        "rho": HParam(0.001, _choice([0.0005, 0.001, 0.003, 0.01]), "SAM radius of the joint perturbation"),
-        **zeroth_order_space(),
+        "rho": HParam(0.001, choice([0.0005, 0.001, 0.003, 0.01]), "SAM radius of the joint perturbation", range=NON_NEGATIVE),
+        **zeroth_order_space(context),
         **SOLVER_SPACES[solver](),
     }
 

@@ -4,13 +4,21 @@ lineage reports it, and beside the paper's Table 2.
 The rule is CAGrad's ``plot.py`` (which Nash-MTL, FAMO, FairGrad and SAMO describe as "averaged
 over the last 10 epochs"), per data set:
 
+0. a run that has not reached its planned epochs (``args.epochs``; an interrupted job) is left
+   out, with a warning naming it, unless ``include_unfinished``; so is a run on generated data
+   of another version than the current one (``args.data_version``, ``DATA_VERSIONS``);
 1. each run's metrics averaged over the epochs ``[n - 10, n)``, ``n`` the number of epochs of
-   the shortest run of the data set (all rows and seeds; fewer than 10 when runs are shorter);
-2. those per-run means averaged over a row's runs (its seeds: ``trial_seed``);
+   the shortest run among the runs of the data set planned for as many epochs (runs planned for
+   other ``epochs`` are rows of their own, with their own window; fewer than 10 epochs when
+   runs are shorter); the notes name the run that sets each window;
+2. those per-run means averaged over a row's runs (its seeds: ``trial_seed``), with their
+   standard deviation across seeds (``ddof=1``; a per-task row's seed takes each task's metrics
+   from that seed's runs);
 3. ``Delta_m`` of the averaged metrics (``sage_bench.mtl.delta_m``; not the mean of per-epoch
    ``delta_m``, though the two agree as ``Delta_m`` is affine in the metrics) against the data
    set's published single-task base (NYU-v2, Cityscapes). A data set without one (DigitScenes)
-   gets ``Delta_m`` against this collection's own STL row, when it has one.
+   gets ``Delta_m`` against this collection's own STL row, when it has one. Its spread: the
+   standard deviation of each seed's ``Delta_m`` against the same base.
 
 Rows: one per algorithm, and one per setting of it when its runs differ in a setting other than
 their seeds (``SETTING_ARGS``; hyperparameter overrides included: a multi-task table reports
@@ -38,7 +46,7 @@ import numpy as np
 import pandas as pd
 
 from sage_bench.computation import args_that_count
-from sage_bench.data.catalog import MULTITASK_TASKS
+from sage_bench.data.catalog import DATA_VERSIONS, MULTITASK_TASKS
 from sage_bench.mtl.delta_m import DELTA_M_BASES, delta_m_from
 from sage_bench.mtl.tasks import metric_suffixes
 from sage_bench.records import MULTI_TASK, record_task
@@ -112,15 +120,29 @@ def higher_is_better(key: str) -> bool:
 # -- runs and rows ----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class EpochWindow:
+    """The epochs ``[start, stop)`` a group of runs is averaged over, and the run that sets it
+    (the shortest of the group)."""
+
+    start: int
+    stop: int
+    path: str
+
+
 @dataclass
 class RunMean:
-    """One run: its row, task (for a per-task row), metrics averaged over the epoch window."""
+    """One run: its row, task (for a per-task row), seed, metrics averaged over its epoch window."""
 
     dataset: str
     row: str
     trained_task: str | None
     metrics: dict[str, float]
     path: str
+    trial_seed: int
+    window: EpochWindow
+
+
 
 
 def _text(value: Any) -> str:
@@ -170,43 +192,86 @@ def _runs(records: list[dict]) -> dict[str, list[dict]]:
     return {key: sorted(rs, key=lambda r: r["epoch"]) for key, rs in runs.items()}
 
 
-def epoch_windows(records: list[dict], last: int = LAST_EPOCHS) -> dict[str, tuple[int, int]]:
-    """Per data set the epochs ``[start, stop)`` each run is averaged over: the last ``last``
-    epochs of its shortest run."""
-    shortest: dict[str, int] = {}
-    for run in _runs(records).values():
-        dataset = run[0]["args"]["dataset"]
+def _where(run: list[dict]) -> str:
+    args = run[0]["args"]
+    return str(args.get("output_dir") or args.get("job_id") or "?")
+
+
+def _planned(run: list[dict]) -> int | None:
+    epochs = run[0]["args"].get("epochs")
+    return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
+
+
+def usable_runs(records: list[dict], include_unfinished: bool = False) -> dict[str, list[dict]]:
+    """The runs to tabulate (``_runs``), leaving out with a warning each run that has not reached
+    its planned epochs (unless ``include_unfinished``) and each run on generated data of another
+    version than the current one."""
+    kept = {}
+    for key, run in _runs(records).items():
+        args = run[0]["args"]
+        dataset, planned, reached = args["dataset"], _planned(run), len({r["epoch"] for r in run})
+        current = DATA_VERSIONS.get(dataset)
+        version = args.get("data_version", 1)
+        if current is not None and version != current:
+            warnings.warn(
+                f"left out {_where(run)}: {dataset} data of version {version}, not the current {current} "
+                "(its scenes differ; run the job again)",
+                stacklevel=3,
+            )
+            continue
+        if planned is not None and reached < planned and not include_unfinished:
+            warnings.warn(
+                f"left out {_where(run)} ({args['algorithm']}, seed {args['trial_seed']}): unfinished, "
+                f"{reached} of {planned} epochs recorded (resume it, or include it with --include-unfinished)",
+                stacklevel=3,
+            )
+            continue
+        kept[key] = run
+    return kept
+
+
+def epoch_windows(records: list[dict], last: int = LAST_EPOCHS, include_unfinished: bool = False) -> dict[tuple[str, int | None], EpochWindow]:
+    """Per data set and planned ``epochs``: the epochs each run is averaged over, the last
+    ``last`` epochs of the shortest of those runs (``usable_runs``), and which run that is."""
+    shortest: dict[tuple[str, int | None], tuple[int, str]] = {}
+    for run in usable_runs(records, include_unfinished).values():
+        group = (run[0]["args"]["dataset"], _planned(run))
         n = len({r["epoch"] for r in run})
-        shortest[dataset] = min(shortest.get(dataset, n), n)
-    return {dataset: (max(0, n - last), n) for dataset, n in shortest.items()}
+        if group not in shortest or n < shortest[group][0]:
+            shortest[group] = (n, _where(run))
+    return {group: EpochWindow(max(0, n - last), n, path) for group, (n, path) in shortest.items()}
 
 
-def run_means(records: list[dict], last: int = LAST_EPOCHS) -> list[RunMean]:
-    """Every run's metrics, averaged over its data set's epoch window (``epoch_windows``)."""
+def run_means(records: list[dict], last: int = LAST_EPOCHS, include_unfinished: bool = False) -> list[RunMean]:
+    """Every usable run's metrics, averaged over its epoch window (``epoch_windows``)."""
     records = [r for r in records if is_multitask(r)]
-    runs = _runs(records)
-    windows = epoch_windows(records, last)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # warned once, by epoch_windows below
+        runs = usable_runs(records, include_unfinished)
+    windows = epoch_windows(records, last, include_unfinished)
     firsts = [run[0] for run in runs.values()]
     means = []
     for run, row in zip(runs.values(), _row_names(firsts), strict=True):
         args = run[0]["args"]
         dataset = args["dataset"]
-        start, stop = windows[dataset]
-        epochs = sorted({r["epoch"] for r in run})[start:stop]
-        window = [r for r in run if r["epoch"] in set(epochs)]
+        window = windows[(dataset, _planned(run))]
+        epochs = sorted({r["epoch"] for r in run})[window.start : window.stop]
+        in_window = [r for r in run if r["epoch"] in set(epochs)]
         metrics = {}
         for key in metric_keys(dataset, records):
-            values = [r.get(f"test_{key}", math.nan) for r in window]
+            values = [r.get(f"test_{key}", math.nan) for r in in_window]
             metrics[key] = float(np.mean([v if _is_number(v) else math.nan for v in values]))
         per_task = PER_TASK_ROWS.get(args["algorithm"])
         trained = (run[0].get("hparams") or {}).get(per_task) if per_task else None
-        means.append(RunMean(dataset, row, trained, metrics, str(args.get("output_dir", ""))))
+        means.append(RunMean(dataset, row, trained, metrics, _where(run), args["trial_seed"], window))
     return means
 
 
 def row_order(names: Iterable[str]) -> list[str]:
-    """Table 2's row order (the paper's CSV), then other rows by name; a row's settings after it."""
-    order = ["STL", *[m for m in _paper_csv()["method"] if m != "STL"]]  # the CSV is in Table 2's order
+    """``Constant`` (the floor), Table 2's row order (the paper's CSV), then other rows by name; a
+    row's settings after it."""
+    # the floor first, then the CSV's rows (in Table 2's order)
+    order = ["Constant", "STL", *[m for m in _paper_csv()["method"] if m != "STL"]]
 
     def key(name: str) -> tuple:
         base, _, setting = name.partition(" (")
@@ -215,12 +280,17 @@ def row_order(names: Iterable[str]) -> list[str]:
     return sorted(dict.fromkeys(names), key=key)
 
 
-def table2_frame(records: list[dict], last: int = LAST_EPOCHS) -> pd.DataFrame:
-    """One row per (data set, row) with the averaged metrics in the lineage's units, ``runs``
-    (how many seeds; for STL the fewest of any task), the epoch window, ``delta_m`` and
-    ``delta_m_base`` (``"published"``, ``"STL"`` or empty)."""
-    means = run_means(records, last)
-    windows = epoch_windows([r for r in records if is_multitask(r)], last)
+def _std(values: list[float]) -> float:
+    """Standard deviation across seeds (``ddof=1``); NaN for fewer than two."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+
+
+def table2_frame(records: list[dict], last: int = LAST_EPOCHS, include_unfinished: bool = False) -> pd.DataFrame:
+    """One row per (data set, row) with the averaged metrics in the lineage's units and their
+    standard deviation across seeds (``<metric>_std``), ``runs`` (how many seeds; for STL the
+    fewest of any task), the epoch window and the run that sets it, ``delta_m``, its spread
+    across seeds ``delta_m_std`` and ``delta_m_base`` (``"published"``, ``"STL"`` or empty)."""
+    means = run_means(records, last, include_unfinished)
     datasets = list(dict.fromkeys(m.dataset for m in means))
     table = []
     for dataset in datasets:
@@ -229,22 +299,31 @@ def table2_frame(records: list[dict], last: int = LAST_EPOCHS) -> pd.DataFrame:
         rows = {}
         for row in row_order(m.row for m in part):
             runs = [m for m in part if m.row == row]
-            values, counts = {}, []
+            values, spread, counts, per_seed = {}, {}, [], defaultdict(dict)
             for key in keys:
                 task = key.split("_", 1)[0]
                 used = [m for m in runs if m.trained_task in (None, task)]
                 values[key] = float(np.mean([m.metrics[key] for m in used])) if used else math.nan
+                spread[key] = _std([m.metrics[key] for m in used])
                 counts.append(len(used))
-            rows[row] = (values, min(counts) if counts else 0)
+                for seed in sorted({m.trial_seed for m in used}):
+                    per_seed[seed][key] = float(np.mean([m.metrics[key] for m in used if m.trial_seed == seed]))
+            rows[row] = (values, spread, min(counts) if counts else 0, per_seed, runs[0].window)
         base = _base(dataset, keys, rows)
-        start, stop = windows[dataset]
-        for row, (values, runs) in rows.items():
-            delta = math.nan
+        for row, (values, spread, runs, per_seed, window) in rows.items():
+            delta = delta_std = math.nan
             if base is not None:
-                delta = delta_m_from([values[k] for k in keys], base[0], [higher_is_better(k) for k in keys])
+                better = [higher_is_better(k) for k in keys]
+                delta = delta_m_from([values[k] for k in keys], base[0], better)
+                seeds = [
+                    delta_m_from([seed[k] for k in keys], base[0], better)
+                    for seed in per_seed.values() if all(k in seed for k in keys)
+                ]  # fmt: skip
+                delta_std = _std(seeds)
             table.append({
-                "dataset": dataset, "algorithm": row, "runs": runs, "epochs": f"{start}-{stop - 1}", **values,
-                "delta_m": delta, "delta_m_base": base[1] if base is not None else "",
+                "dataset": dataset, "algorithm": row, "runs": runs, "epochs": f"{window.start}-{window.stop - 1}",
+                "window_run": window.path, **values, **{f"{k}_std": spread[k] for k in keys},
+                "delta_m": delta, "delta_m_std": delta_std, "delta_m_base": base[1] if base is not None else "",
             })  # fmt: skip
     return pd.DataFrame(table)
 
@@ -314,6 +393,13 @@ def _cell(key: str, value: float) -> str:
     return f"{value:.4f}"
 
 
+def _spread(key: str, mean: float, std: float) -> str:
+    """``mean +- std`` (the std in the mean's units and digits), or the mean alone without a spread."""
+    if not (math.isfinite(mean) and math.isfinite(std)):
+        return _cell(key, mean)
+    return f"{_cell(key, mean)} ± {_cell(key, std)}"
+
+
 def _delta(value: float, signed: bool = True) -> str:
     if not math.isfinite(value):
         return "X" if signed else ""
@@ -333,8 +419,11 @@ def _printed(frame: pd.DataFrame, dataset: str, records: list[dict], paper: pd.D
     lines = {}
     for _, row in ours.iterrows():
         name = row["algorithm"]
-        cells = [_cell(k, row[k]) for k in keys]
-        extra = [_delta(row["delta_m"])] if has_delta else []
+        cells = [_spread(k, row[k], row.get(f"{k}_std", math.nan)) for k in keys]
+        extra = []
+        if has_delta:
+            std = row.get("delta_m_std", math.nan)
+            extra.append(_delta(row["delta_m"]) + (f" ± {std:.2f}" if math.isfinite(std) else ""))
         if paper is not None:
             extra.append("")
         lines[name] = [*cells, *extra, str(row["runs"])]
@@ -377,12 +466,16 @@ def _table_text(table: pd.DataFrame, fmt: str, title: str) -> str:
 
 def _notes(frame: pd.DataFrame, dataset: str, paper: pd.DataFrame | None) -> list[str]:
     part = frame[frame["dataset"] == dataset]
-    first, _, last = part["epochs"].iloc[0].partition("-")
-    epochs = f"epoch {first}" if first == last else f"epochs {first}-{last}"
+    windows = []
+    for span, path in dict.fromkeys(zip(part["epochs"], part["window_run"], strict=True)):
+        first, _, last = span.partition("-")
+        epochs = f"epoch {first}" if first == last else f"epochs {first}-{last}"
+        windows.append(f"{epochs} (the last {LAST_EPOCHS} of the shortest run, {path})")
     runs = sorted(set(part["runs"]))
+    spread = " ± the standard deviation across seeds" if max(runs) > 1 else ""
     notes = [
         f"mIoU, Pix Acc and <t in %, depth errors in the data's units, angles in degrees; each run's mean over "
-        f"{epochs} (the last {LAST_EPOCHS} of the shortest run), then the mean over a row's runs "
+        f"{'; or '.join(windows)}, then the mean over a row's runs{spread} "
         f"({'/'.join(map(str, runs))} seed{'s' if runs != [1] else ''})."
     ]
     base = set(part["delta_m_base"]) - {""}
@@ -423,15 +516,21 @@ def _note_text(lines: list[str], fmt: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render(records: list[dict], fmt: str = "text", compare_paper: bool = False, last: int = LAST_EPOCHS) -> str:
+def render(
+    records: list[dict], fmt: str = "text", compare_paper: bool = False, last: int = LAST_EPOCHS,
+    include_unfinished: bool = False,
+) -> str:  # fmt: skip
     """Table 2's layout for the multi-task records among ``records``, one table per data set,
     in format ``fmt``; with ``compare_paper``, the paper's row and the difference under each of
     ours on NYU-v2 and Cityscapes (``csv``/``json``: the frame, the paper's rows with
-    ``source = "paper"``)."""
+    ``source = "paper"``). Unfinished runs are left out (with a warning) unless
+    ``include_unfinished``."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; valid choices: {', '.join(FORMATS)}")
     records = [r for r in records if is_multitask(r)]
-    frame = table2_frame(records, last)
+    frame = table2_frame(records, last, include_unfinished)
+    if frame.empty:
+        return "no multi-task run to tabulate (see the warnings)\n"
     paper = paper_table2() if compare_paper else None
     if fmt in ("csv", "json"):
         out = frame.assign(source="ours")
@@ -456,6 +555,7 @@ def render(records: list[dict], fmt: str = "text", compare_paper: bool = False, 
 __all__ = [
     "LAST_EPOCHS",
     "epoch_windows",
+    "usable_runs",
     "is_multitask",
     "metric_keys",
     "paper_table2",

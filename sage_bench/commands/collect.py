@@ -16,7 +16,8 @@ def add_parser(subparsers) -> None:
             "Read every results.jsonl under the folders (recursively), select models as DomainBed does "
             "and print its tables: one per data set and the averages across data sets (Table 1's layout). "
             "Multi-task runs (NYUv2, Cityscapes, DigitScenes) get Table 2's layout instead: every metric and "
-            "Delta_m, each run averaged over its last 10 epochs, then over seeds. "
+            "Delta_m, each run averaged over its last 10 epochs, then over seeds (mean and standard deviation); "
+            "multi-task runs that have not reached their planned epochs are left out unless --include-unfinished. "
             "Warnings and the count of finished and unfinished runs go to standard error."
         ),
     )
@@ -34,6 +35,12 @@ def add_parser(subparsers) -> None:
         help="text/markdown/latex tables, or tidy rows selection,dataset,algorithm,env,mean,sem,trials (csv, json)",
     )
     parser.add_argument("--completed-only", action="store_true", help="leave out runs without a done marker")
+    parser.add_argument(
+        "--include-unfinished",
+        action="store_true",
+        help="multi-task runs: also tabulate runs that have not reached their planned epochs (left out by default, "
+        "with a warning naming each; their epoch window is their own group's shortest run)",
+    )
     parser.add_argument(
         "--compare-paper",
         action="store_true",
@@ -103,7 +110,9 @@ def run(args: argparse.Namespace) -> int:
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            parts.append(mtl.render(multitask_records, args.format, args.compare_paper))
+            parts.append(
+                mtl.render(multitask_records, args.format, args.compare_paper, include_unfinished=args.include_unfinished)
+            )
         for w in caught:
             print(f"warning: {w.message}", file=sys.stderr)
     if per_kind:  # csv, json: one file per kind, each with the columns of that kind alone

@@ -40,6 +40,16 @@ def run(args: argparse.Namespace) -> int:
     cfg = compose_job_config(args.overrides)
     if args.show_config:
         print(OmegaConf.to_yaml(cfg), end="")
+        from sage_bench.errors import UserError
+
+        try:  # what the job resolves hparams to: the algorithm's and the data set's defaults
+            resolved = job_from_config(cfg).hparams
+        except UserError as exc:
+            print(f"# hparams not resolved: {exc}")
+        else:
+            print("# hparams as the job resolves them (defaults of its algorithm and data set, then overrides):")
+            for key, value in sorted(resolved.items()):
+                print(f"#   {key}: {value}")
         return 0
     spec = job_from_config(cfg)
     if args.dry_run:

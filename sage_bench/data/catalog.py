@@ -30,6 +30,12 @@ MULTITASK_TASKS: dict[str, tuple[tuple[str, str], ...]] = {
     "Cityscapes": (("seg", "segmentation"), ("depth", "depth")),
 }
 
+# Generated multi-task data sets: name -> the version of their generator (``MultiTaskDataset.VERSION``).
+# Raised whenever the generated data change: it enters the identity and the records of every job on
+# them, and the collector leaves out runs of another version. DigitScenes 2: the scenes of the
+# three-colour lights and the lamp at the camera (version 1: haze over a random background colour).
+DATA_VERSIONS: dict[str, int] = {"DigitScenes": 2, "DigitScenes2": 2}
+
 MULTITASK_DATASET_NAMES: list[str] = list(MULTITASK_TASKS)
 ALL_DATASET_NAMES: list[str] = DATASET_NAMES + MULTITASK_DATASET_NAMES
 

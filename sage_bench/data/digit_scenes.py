@@ -2,22 +2,25 @@
 
 No download: every scene is rendered from the 1,797 handwritten 8x8 digits that ship inside
 scikit-learn (``sage_bench.data.digits.load_digit_images``), deterministically from ``seed``,
-in well under a second. A 32 x 32 scene is a tilted background plane with one large digit
-(upsampled to 28 x 28, strokes thickened by a pixel) embossed on it:
+in well under a second. A 32 x 32 scene is a tilted plane with one large digit (upsampled to
+28 x 28, strokes thickened by a pixel) embossed on it, lit by a lamp at the camera:
 
-- depth: the plane ``z = z0 + a x + b y`` (``z0`` in [2.5, 3.5]; ``a``, ``b`` in [-1, 1], the
-  change across the image) minus the stroke intensity times a height in [0.4, 1.0], so the
-  strokes stand out towards the camera;
+- depth: the plane ``z = z0 + a x + b y`` (``z0`` in [1.5, 2.5] at the centre; ``a``, ``b`` in
+  [-1, 1], the change across the image) minus the stroke intensity times a height in [0.4, 1.0],
+  so the strokes stand out towards the camera;
 - normals: from the depth's central differences with the image 2 depth units wide,
   ``n = (-dz/dx, -dz/dy, 1) / norm``, ``x`` along the image columns (the component NYUv2's flip
   augmentation negates);
 - segmentation (6 classes): 0 for the background, ``1 + d // 2`` (the digit's pair: 0-1, 2-3,
   4-5, 6-7, 8-9) where the stroke intensity exceeds 0.5, ``-1`` (unlabelled, as NYUv2's holes)
   on the rim between 0.2 and 0.5;
-- the image: a Lambertian rendering (light from the upper left) of a pale background colour and
-  a vivid digit colour whose hue is fixed by the digit's pair (+-2%), mixed with a blue-grey
-  haze that thickens with depth (``exp(-0.2 (z - 1))``), plus 2% noise: shading tells the
-  normals, haze and shading the depth, colour and shape the class;
+- the image: albedo times Lambertian shading (a low light from the upper left, 10% ambient)
+  times the lamp's inverse-square falloff ``(2 / z)^2``, plus 2% noise. The background's albedo
+  is the same grey in every scene and each pair's digits have one saturated colour (red, green,
+  blue, yellow, cyan; +-2%), so nothing but depth changes the brightness of a surface of given
+  orientation: brightness tells depth, shading the normals, colour and shape the class.
+  (Version 1 of the scenes hazed a random background colour: depth was confounded with it, and a
+  constant predictor beat every row on depth.)
 - invalid pixels: in half the scenes a random 6 x 6 square has depth 0 and normals 0 (as the
   depth sensor's holes in NYUv2); its labels are kept.
 
@@ -41,6 +44,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
+from sage_bench.data.catalog import DATA_VERSIONS
 from sage_bench.data.digits import load_digit_images
 from sage_bench.data.multitask import MultiTaskDataset, TensorSplit
 from sage_bench.mtl.tasks import depth, normal, segmentation
@@ -50,12 +54,18 @@ DIGIT_SIZE = 28
 DIGITS_PER_SCENE = 1
 DIGIT_GROUPS = 5  # digits 0-1, 2-3, 4-5, 6-7, 8-9
 CLASSES = 1 + DIGIT_GROUPS  # background + the groups
-HUE_NOISE = 0.02
+COLOUR_NOISE = 0.02
 TRAIN_SCENES, VAL_SCENES = 1024, 256
 TRAIN_DIGIT_SHARE = 0.7  # of the 1,797 digits, the first 70% (fixed shuffle) draw train scenes
-LIGHT = (-0.5, -0.5, 1.0)  # towards the light, in (x, y, z) image coordinates
-HAZE = (0.55, 0.6, 0.7)
-HAZE_DENSITY = 0.2
+LIGHT = (-1.0, -1.0, 1.0)  # towards the light, in (x, y, z) image coordinates: low, from the upper left
+AMBIENT = 0.1  # share of the shading that does not depend on the normal
+BACKGROUND = (0.8, 0.8, 0.8)  # the plane's albedo, the same in every scene
+DIGIT_COLOURS = ((1.0, 0.1, 0.1), (0.1, 1.0, 0.1), (0.1, 0.1, 1.0), (1.0, 1.0, 0.1), (0.1, 1.0, 1.0))  # per pair
+Z_NEAR, Z_FAR = 1.5, 2.5  # range of the plane's depth at the image centre
+Z_REFERENCE = 2.0  # depth at which the lamp's falloff is 1
+NOISE = 0.02
+RELIEF = (0.4, 1.0)  # range of the digit's height above the plane
+SLOPE = 1.0  # largest change of the plane's depth across the image, along x and along y
 PIXEL = 2.0 / SIZE  # the image spans 2 depth units: slopes are in depth units per depth unit
 HOLE = 6  # side of the square of invalid depth and normals
 
@@ -66,12 +76,6 @@ def _digit_strokes() -> tuple[torch.Tensor, torch.Tensor]:
     strokes = F.interpolate(images, size=(DIGIT_SIZE, DIGIT_SIZE), mode="bilinear", align_corners=False)
     strokes = F.max_pool2d(strokes, kernel_size=3, stride=1, padding=1)  # bold strokes
     return strokes[:, 0].clamp(0.0, 1.0), labels
-
-
-def _hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """RGB ``(..., 3)`` of hue, saturation and value in [0, 1]."""
-    k = (torch.tensor([5.0, 3.0, 1.0]) + h[..., None] * 6) % 6
-    return v[..., None] - v[..., None] * s[..., None] * torch.clamp(torch.minimum(k, 4 - k), 0, 1)
 
 
 def normals_from_depth(z: torch.Tensor) -> torch.Tensor:
@@ -102,22 +106,17 @@ def render_scenes(
     g = generator
     coords = torch.linspace(-0.5, 0.5, SIZE)
     y, x = torch.meshgrid(coords, coords, indexing="ij")
-    z0 = 2.5 + torch.rand(count, 1, 1, generator=g)
-    slopes = torch.rand(count, 2, 1, 1, generator=g) * 2 - 1
+    z0 = Z_NEAR + (Z_FAR - Z_NEAR) * torch.rand(count, 1, 1, generator=g)
+    slopes = SLOPE * (torch.rand(count, 2, 1, 1, generator=g) * 2 - 1)
     plane = z0 + slopes[:, 0] * x + slopes[:, 1] * y  # (N, H, W)
 
     picks = torch.randint(len(labels), (count, DIGITS_PER_SCENE), generator=g)
     corners = torch.randint(SIZE - DIGIT_SIZE + 1, (count, DIGITS_PER_SCENE, 2), generator=g)
-    heights = 0.4 + 0.6 * torch.rand(count, DIGITS_PER_SCENE, generator=g)
-    # background: a pale colour; digit d: a colour of hue d/10 (+-4%), vivid
-    background = _hsv_to_rgb(
-        torch.rand(count, generator=g), 0.25 * torch.rand(count, generator=g), 0.5 + 0.5 * torch.rand(count, generator=g)
-    )
+    heights = RELIEF[0] + (RELIEF[1] - RELIEF[0]) * torch.rand(count, DIGITS_PER_SCENE, generator=g)
+    # the background's albedo is the same grey in every scene; digit pair p has colour p (+-2%)
     groups = labels[picks] // 2
-    hues = (groups.float() / DIGIT_GROUPS + HUE_NOISE * torch.randn(count, DIGITS_PER_SCENE, generator=g)) % 1.0
-    saturation = 0.8 + 0.2 * torch.rand(count, DIGITS_PER_SCENE, generator=g)
-    value = 0.7 + 0.3 * torch.rand(count, DIGITS_PER_SCENE, generator=g)
-    palette = torch.cat([background[:, None], _hsv_to_rgb(hues, saturation, value)], dim=1)
+    colours = torch.tensor(DIGIT_COLOURS)[groups] * (1 + COLOUR_NOISE * torch.randn(count, DIGITS_PER_SCENE, 3, generator=g))
+    palette = torch.cat([torch.tensor(BACKGROUND).expand(count, 1, 3), colours.clamp(0.0, 1.0)], dim=1)
 
     seg = torch.zeros(count, SIZE, SIZE, dtype=torch.int64)
     relief = torch.zeros(count, SIZE, SIZE)
@@ -136,10 +135,10 @@ def render_scenes(
     normals = normals_from_depth(z)
 
     light = torch.tensor(LIGHT) / torch.linalg.vector_norm(torch.tensor(LIGHT))
-    shading = 0.3 + 0.7 * (normals * light.view(1, 3, 1, 1)).sum(1, keepdim=True).clamp_min(0.0)
-    haze = torch.exp(-HAZE_DENSITY * (z - 1.0))
-    image = albedo * shading * haze + (1 - haze) * torch.tensor(HAZE).view(1, 3, 1, 1)
-    image = image + 0.02 * torch.randn(image.shape, generator=g)
+    shading = AMBIENT + (1 - AMBIENT) * (normals * light.view(1, 3, 1, 1)).sum(1, keepdim=True).clamp_min(0.0)
+    falloff = (Z_REFERENCE / z) ** 2  # the lamp at the camera: inverse-square in depth
+    image = albedo * shading * falloff
+    image = image + NOISE * torch.randn(image.shape, generator=g)
 
     holes = torch.rand(count, generator=g) < 0.5
     hole_corners = torch.randint(SIZE - HOLE + 1, (count, 2, 1, 1), generator=g)
@@ -176,6 +175,7 @@ class DigitScenes(MultiTaskDataset):
     HPARAM_FAMILY = "small"
     MODEL_WIDTH = "narrow"
     DELTA_M = None
+    VERSION = DATA_VERSIONS["DigitScenes"]  # raise it there whenever the scenes change
 
     def __init__(
         self,

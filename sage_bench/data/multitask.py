@@ -131,7 +131,10 @@ class MultiTaskDataset:
     epochs), ``MODEL_WIDTH`` (``"paper"`` or ``"narrow"`` MTAN), ``AUGMENTATION`` (whether the
     training split has the lineage's augmentation), ``DEFAULT_BACKBONE`` (the network a job
     builds) and ``DELTA_M`` (the name of its ``Delta_m`` base in ``sage_bench.mtl.DELTA_M_BASES``,
-    or ``None`` when there is no published single-task base).
+    or ``None`` when there is no published single-task base). ``VERSION``: for a data set that
+    is generated (the embedded DigitScenes), the version of its generator, raised whenever its
+    data change; it enters the identity and the records' ``args`` of every job on it, so a job
+    on older data is neither resumed nor collected beside newer ones (``None``: files on disk).
 
     The constructor takes ``(root, augment, seed)``: the data folder, whether the training split
     is augmented and the seed of the augmentation's draws (the job's), then the data set's own
@@ -149,6 +152,7 @@ class MultiTaskDataset:
     AUGMENTATION: ClassVar[bool] = False
     DEFAULT_BACKBONE: ClassVar[str] = "mtan"
     DELTA_M: ClassVar[str | None] = None
+    VERSION: ClassVar[int | None] = None
 
     train: Dataset
     val: Dataset
