@@ -40,6 +40,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 from numbers import Real
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -193,8 +194,14 @@ def _runs(records: list[dict]) -> dict[str, list[dict]]:
 
 
 def _where(run: list[dict]) -> str:
+    """The run's folder; relative to the working directory where it lies below it, so a table
+    written from a checkout names the same folder on every machine."""
     args = run[0]["args"]
-    return str(args.get("output_dir") or args.get("job_id") or "?")
+    where = args.get("output_dir")
+    if not where:
+        return str(args.get("job_id") or "?")
+    path = Path(where)
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
 
 
 def _planned(run: list[dict]) -> int | None:
