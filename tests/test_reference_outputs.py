@@ -78,3 +78,23 @@ def test_reproduce_quick_prints_the_committed_layout(tmp_path, capsys):
     assert csv_keys(tmp_path / "table.csv") == csv_keys(COMMITTED / "table.csv")
     for name in ("accuracy_by_domain.png", "training_curves.png"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+QUICK_MTL = COMMITTED.parent / "quick_mtl"
+
+
+def test_the_committed_quick_mtl_table_is_the_default_commands():
+    """``results/quick_mtl/`` has every registered multi-task row in Table 2's order, each run
+    with the default number of seeds, and the note the default command writes."""
+    from sage_bench.reproduce_mtl import QUICK_EPOCHS, QUICK_TRIALS, quick_mtl_caveat, table2_algorithms
+
+    text = (QUICK_MTL / "table.md").read_text()
+    steps = QUICK_EPOCHS * 512 // 8  # DigitScenes' default 512 training scenes in batches of 8
+    assert f"**Note:** {quick_mtl_caveat(QUICK_EPOCHS, QUICK_TRIALS, steps)}." in text, (
+        "results/quick_mtl/ was not made by `sage-bench reproduce quick-mtl` with its defaults"
+    )
+    with open(QUICK_MTL / "table.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["algorithm"] for row in rows] == table2_algorithms()
+    assert {row["runs"] for row in rows} == {str(QUICK_TRIALS)}
+    assert all(not Path(row["window_run"]).is_absolute() for row in rows)  # the same on every machine
