@@ -46,8 +46,15 @@ class Constant(MultiTaskAlgorithm):
         self.normal_sum: dict[str, torch.Tensor] = {}
 
     def update(self, x, targets):
-        if self.fitted:
-            return {}
+        if not self.fitted:
+            self._read(targets)
+        # the training loss of what it predicts now, as every row reports its own
+        with torch.no_grad():
+            losses = self.loss_fn(self.predict(x), targets)
+        return self.loss_stats(torch.stack([losses[t].float() for t in self.tasks]))
+
+    def _read(self, targets) -> None:
+        """Add a batch's targets to the counts (the first epoch only)."""
         for name, target in targets.items():
             kind = self.kinds[name].kind
             if kind == "segmentation":
@@ -63,7 +70,6 @@ class Constant(MultiTaskAlgorithm):
                 valid = target.abs().sum(1, keepdim=True) != 0
                 total = (target * valid).sum(dim=(0, 2, 3)).double().cpu()
                 self.normal_sum[name] = self.normal_sum.get(name, torch.zeros(3, dtype=torch.float64)) + total
-        return {}
 
     def _count_classes(self, name: str, target: torch.Tensor) -> None:
         classes = self.kinds[name].channels
