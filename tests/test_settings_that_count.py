@@ -131,13 +131,16 @@ def one_thread():
 
 @pytest.mark.slow
 def test_sage_stopped_with_auto_resumes_with_fp32_spelled_out(tmp_path, monkeypatch, one_thread):
-    reference = comparable(run_job(load_job([*SAGE_DIGITS, f"output_dir={tmp_path / 'ref'}"])))
-    spec = load_job([*SAGE_DIGITS, f"output_dir={tmp_path / 'out'}"])
+    # with perturbation=difference, precision.train=fp32 tf32=false is what auto resolves to for
+    # SAGE on every device (with perturbation=auto, a CUDA job may train in bf16: another job)
+    sage = [*SAGE_DIGITS, "perturbation=difference"]
+    reference = comparable(run_job(load_job([*sage, f"output_dir={tmp_path / 'ref'}"])))
+    spec = load_job([*sage, f"output_dir={tmp_path / 'out'}"])
     _stop_at(monkeypatch, SAGE, 7)
     with pytest.raises(ckpt.JobInterrupted):
         run_job(spec)
     monkeypatch.undo()
-    spelled = load_job([*SAGE_DIGITS, f"output_dir={tmp_path / 'out'}", "precision.train=fp32", "tf32=false"])
+    spelled = load_job([*sage, f"output_dir={tmp_path / 'out'}", "precision.train=fp32", "tf32=false"])
     assert spelled.job_dir == spec.job_dir
     run_job(spelled)  # today: CheckpointMismatch (args.precision, args.tf32)
     assert "resumed from the checkpoint before step 7" in (spec.job_dir / "out.txt").read_text()
