@@ -9,7 +9,6 @@ import os
 import signal
 
 import pytest
-import torch
 
 from sage_bench.algorithms.erm import ERM
 from sage_bench.algorithms.sage import SAGE
@@ -119,14 +118,6 @@ def _stop_at(monkeypatch, cls, call: int) -> None:
         return original(self, minibatches)
 
     monkeypatch.setattr(cls, "update", update)
-
-
-@pytest.fixture
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.mark.slow

@@ -94,12 +94,9 @@ JOB_HPARAMS = {"IRM": ["hparams.irm_penalty_anneal_iters=7"]}  # the optimizer r
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tensors this small compute fastest on one thread."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
+    """Tensors this small compute fastest on one thread (``conftest.one_thread``)."""
     yield
-    torch.set_num_threads(previous)
 
 
 @pytest.mark.slow

@@ -35,15 +35,6 @@ NEW_ALGORITHMS = {
 EXTRA = {"GGA": ["hparams.start_step=1", "hparams.end_step=1"]}  # one update searches
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny batches run faster on one thread than on two busy ones."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(NEW_ALGORITHMS))
 def test_trains_on_rotated_digits_from_the_cli(name, tmp_path, capsys, monkeypatch, one_thread):
