@@ -27,10 +27,11 @@ from sage_bench.geometry import sam_perturbation, spectral_perturbation
 from sage_bench.geometry.linearized import Candidate, ChangeProbe, choose
 from sage_bench.models.mtan import MTAN
 from sage_bench.mtl import MultiTaskLoss
-from sage_bench.records import MEASUREMENT_KEYS, read_records
+from sage_bench.records import read_records
 from sage_bench.run import checkpoint as ckpt
 from sage_bench.run import run_job
 from tests.imagetree import PACS_CLASSES, PACS_ENVS, make_tree
+from tests.test_mtl_train import comparable
 
 BF16 = torch.bfloat16
 DG_PERTURBATION_ALGORITHMS = ["SAM", "GSAM", "SAGM", "DISAM", "GAM", "SAGE"]
@@ -274,22 +275,13 @@ def test_every_perturbation_algorithm_trains_linearized_on_digits_and_pacs(name,
         assert records[0]["args"]["perturbation"] == {"method": "linearized", "tolerance": 0.01}
 
 
-def _comparable(job_dir):
-    out = []
-    for record in read_records(job_dir):
-        record = {k: v for k, v in record.items() if k not in MEASUREMENT_KEYS}
-        record["args"] = {k: v for k, v in record["args"].items() if k != "output_dir"}
-        out.append(record)
-    return out
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("extra", [["perturbation=linearized"], ["precision.train=bf16"]])  # the second: auto
 def test_a_stopped_job_resumes_to_the_records_of_an_uninterrupted_one(tmp_path, monkeypatch, extra):
     torch.set_num_threads(1)
     common = ["dataset=RotatedDigits", "algorithm=SAGE", "hparams.rho=1e-6", "steps=6", "checkpoint_freq=2",
               "progress=false", "hparams.batch_size=8", "device=cpu", "num_workers=0", *extra]  # fmt: skip
-    reference = _comparable(run_job(load_job([*common, f"output_dir={tmp_path / 'reference'}"])))
+    reference = comparable(run_job(load_job([*common, f"output_dir={tmp_path / 'reference'}"])))
     spec = load_job([*common, f"output_dir={tmp_path / 'stopped'}"])
     original, calls = SAGE.update, itertools.count(1)
 
@@ -303,7 +295,7 @@ def test_a_stopped_job_resumes_to_the_records_of_an_uninterrupted_one(tmp_path, 
         run_job(spec)
     monkeypatch.undo()
     run_job(spec)
-    assert _comparable(spec.job_dir) == reference
+    assert comparable(spec.job_dir) == reference
     assert all(r["perturbation_method"] == "linearized" for r in reference)
 
 
