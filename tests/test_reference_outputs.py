@@ -86,7 +86,7 @@ QUICK_MTL = COMMITTED.parent / "quick_mtl"
 def test_the_committed_quick_mtl_table_is_the_default_commands():
     """``results/quick_mtl/`` has every registered multi-task row in Table 2's order, each run
     with the default number of seeds, and the note the default command writes."""
-    from sage_bench.reproduce_mtl import (
+    from sage_bench.reproduce import (
         QUICK_EPOCHS,
         QUICK_TRIALS,
         quick_mtl_caveat,

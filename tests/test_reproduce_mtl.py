@@ -10,7 +10,7 @@ import pytest
 from sage_bench.algorithms import MULTI_TASK, algorithms
 from sage_bench.cli import main
 from sage_bench.errors import ConfigError
-from sage_bench.reproduce_mtl import (
+from sage_bench.reproduce import (
     MultiTaskCostModel,
     forward_gflop,
     quick_mtl_sweep,

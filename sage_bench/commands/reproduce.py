@@ -165,7 +165,7 @@ def run_quick(args: argparse.Namespace) -> int:
 
 def run_table2(args: argparse.Namespace) -> int:
     from sage_bench.errors import UserError
-    from sage_bench.reproduce_mtl import reproduce_table2
+    from sage_bench.reproduce import reproduce_table2
 
     if args.trials < 1:
         raise UserError(f"--trials must be at least 1, got {args.trials}")
@@ -183,7 +183,7 @@ def run_table2(args: argparse.Namespace) -> int:
 
 def run_quick_mtl(args: argparse.Namespace) -> int:
     from sage_bench.errors import UserError
-    from sage_bench.reproduce_mtl import reproduce_quick_mtl
+    from sage_bench.reproduce import reproduce_quick_mtl
 
     for name in ("epochs", "trials", "workers"):
         value = getattr(args, name)

@@ -18,7 +18,7 @@ from sage_bench.collect import mtl as collect_mtl
 from sage_bench.data import get_dataset_class
 from sage_bench.data.catalog import MULTITASK_TASKS
 from sage_bench.errors import UserError
-from sage_bench.reproduce import launch_until_done, run_here
+from sage_bench.reproduce.table1 import launch_until_done, run_here
 from sage_bench.sweep.plan import Sweep, SweepJob
 
 TABLE2_DATASETS = ("NYUv2", "Cityscapes")
