@@ -28,6 +28,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from sage_bench.kinds import kind_of
+
 # ``dataset.*`` options that change how fast a job runs, never what it computes
 NO_NUMBER_DATASET_OPTIONS = ("eval_cache",)
 # ``backbone.*`` options that say where a file lies, not what it holds (the weights are named
@@ -63,18 +65,18 @@ def _perturbs_weights(algorithm: str) -> bool | None:
 
 
 def perturbation_that_counts(
-    method: str, tolerance: float, precision: Mapping[str, str], perturbed_gradient: bool, multi_task: bool = False
+    method: str, tolerance: float, precision: Mapping[str, str], perturbed_gradient: bool, float32_auto: bool = False
 ) -> dict[str, Any]:
     """The ``perturbation`` setting as a job's identity spells it: nothing where the job computes
     what it computed before the key existed -- an algorithm without perturbed gradients, the
     ``difference``, and ``auto`` where the training precision is float32 (``precision.train=fp32``,
-    or ``auto`` for a multi-task job), where ``auto`` is the float32 difference; else the method
+    or ``auto`` for a kind of job whose ``auto`` is float32, ``float32_auto``), where ``auto`` is the float32 difference; else the method
     (with ``auto``, its tolerance)."""
     if not perturbed_gradient or method == "difference":
         return {}
     train = {**_DEFAULTS["precision"], **precision}["train"]
     if method == "auto":
-        if train == "fp32" or (train == "auto" and multi_task):
+        if train == "fp32" or (train == "auto" and float32_auto):
             return {}
         return {"perturbation": {"method": method, "tolerance": tolerance}}
     return {"perturbation": {"method": method}}
@@ -91,7 +93,7 @@ def _recorded_perturbation(args: Mapping[str, Any]) -> dict[str, Any]:
         return {"perturbation": dict(given)}
     precision = args.get("precision") if isinstance(args.get("precision"), Mapping) else {}
     return perturbation_that_counts(
-        given["method"], given.get("tolerance", 0.01), precision, perturbed, args.get("task") == "multi_task"
+        given["method"], given.get("tolerance", 0.01), precision, perturbed, kind_of(args.get("task")).float32_auto
     )
 
 
@@ -105,14 +107,14 @@ def precision_that_counts(args: Mapping[str, Any]) -> dict[str, Any]:
         return given
     if all(given.get(k, v) == v for k, v in _DEFAULTS.items()):
         return {}
-    multi_task = args.get("task") == "multi_task"
+    float32_auto = kind_of(args.get("task")).float32_auto
     perturbs = _perturbs_weights(str(args.get("algorithm")))
-    if perturbs is None and not multi_task:
+    if perturbs is None and not float32_auto:
         return given
     from sage_bench import precision as prec
 
     return prec.identity_settings(given["precision"], given.get("tf32", "auto"), bool(given.get("compile", False)),
-                                  bool(perturbs), multi_task=multi_task)  # fmt: skip
+                                  bool(perturbs), float32_auto=float32_auto)  # fmt: skip
 
 
 def args_that_count(args: Mapping[str, Any]) -> dict[str, Any]:

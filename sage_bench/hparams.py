@@ -9,8 +9,11 @@ values drawn for the others, and a sweep over ``hparams_seed`` is a reproducible
 The space of a job depends on the algorithm (its own knobs), the data set family (learning
 rate, batch size and weight decay differ between the small embedded data sets and real
 images, as in DomainBed) and the backbone (e.g. ResNet dropout). An algorithm's own space is
-registered with its class (``sage_bench.algorithms.registry.register_algorithm``); this module
-holds the shared and per-backbone spaces and the mechanics.
+registered with its class (``sage_bench.algorithms.registry.register_algorithm``); a job's whole
+space is put together in ``sage_bench.config.space`` (``hparam_space``, ``resolve_hparams``),
+which asks the job's kind for its shared hyperparameters. This module holds the shared
+domain-generalization and per-backbone spaces and the mechanics, and imports nothing from the
+layers above it.
 
 Every hyperparameter declares what is valid (``Range`` for numbers, ``choices`` for strings);
 a value outside it, or a NaN or infinite number, is refused with a message that names the
@@ -104,7 +107,8 @@ def choice(values: list[Any]) -> Sampler:
 # digits; "large": real 224x224 images) as DomainBed's SMALL_IMAGES switch does.
 
 
-def _common_space(family: str, dataset: str | None) -> dict[str, HParam]:
+def common_space(family: str, dataset: str | None) -> dict[str, HParam]:
+    """The hyperparameters every domain-generalization algorithm has on a data set of ``family``."""
     space: dict[str, HParam] = {}
     if family == "small":
         space["lr"] = HParam(1e-3, log_uniform(-4.5, -2.5), "learning rate", range=POSITIVE)
@@ -121,29 +125,6 @@ def _common_space(family: str, dataset: str | None) -> dict[str, HParam]:
         )
         space["data_augmentation"] = HParam(
             True, const(True), "DomainBed's training augmentation on training domains"
-        )
-    return space
-
-
-def _multitask_space(dataset: str) -> dict[str, HParam]:
-    """The shared hyperparameters of a multi-task data set: its protocol's learning rate (Adam,
-    no weight decay) and batch size (training and evaluation, as the lineage), and its training
-    augmentation where it has one (NYU-v2, Cityscapes)."""
-    from sage_bench.data import get_dataset_class
-
-    cls = get_dataset_class(dataset)
-    exponent = math.log10(cls.LR)
-    space = {
-        "lr": HParam(cls.LR, log_uniform(exponent - 1, exponent + 0.5), "Adam learning rate", range=POSITIVE),
-        "weight_decay": HParam(0.0, const(0.0), "weight decay", range=NON_NEGATIVE),
-        "batch_size": HParam(
-            cls.BATCH_SIZE, const(cls.BATCH_SIZE), "images per training step and per evaluation batch",
-            range=AT_LEAST_ONE,
-        ),  # fmt: skip
-    }
-    if cls.AUGMENTATION:
-        space["data_augmentation"] = HParam(
-            True, const(True), "the lineage's random scale-crop and flip of the training split"
         )
     return space
 
@@ -167,7 +148,7 @@ BACKBONE_SPACES: dict[str, Callable[[], dict[str, HParam]]] = {
 @dataclass(frozen=True)
 class SpaceContext:
     """What an algorithm's hyperparameter space may depend on: the data set family (``"small"``
-    or ``"large"``, see ``dataset_family``), the data set and the backbone (``None``: unknown,
+    or ``"large"``, see ``sage_bench.config.space.dataset_family``), the data set and the backbone (``None``: unknown,
     e.g. a user's own model)."""
 
     family: str = "large"
@@ -175,62 +156,11 @@ class SpaceContext:
     backbone: str | None = None
 
 
-def algorithm_space(
-    algorithm: str, family: str = "large", dataset: str | None = None, backbone: str | None = None
-) -> dict[str, HParam]:
-    """The hyperparameters that belong to ``algorithm`` itself, in a context."""
-    from sage_bench.algorithms.registry import get_algorithm
-
-    registered = get_algorithm(algorithm)
-    where = f"algorithm {algorithm!r} ({registered.cls.__module__})"
-    try:
-        space = registered.space(SpaceContext(family, dataset, backbone))
-    except Exception as exc:
-        raise HParamError(
-            f"the hyperparameter space of {where} raised {type(exc).__name__}: {exc}; fix its space function"
-        ) from exc
-    if not isinstance(space, Mapping) or not all(isinstance(k, str) and isinstance(v, HParam) for k, v in space.items()):
-        raise HParamError(
-            f"the hyperparameter space of {where} returned {type(space).__name__} {space!r:.80}; a space "
-            "function returns a dict {name: HParam(...)} (sage_bench.algorithms.registry.no_hparams: none)"
-        )
-    return dict(space)
-
-
 def _shared_names() -> frozenset[str]:
-    names = set(_common_space("small", None)) | set(_common_space("large", "DomainNet"))
+    names = set(common_space("small", None)) | set(common_space("large", "DomainNet"))
     for make in BACKBONE_SPACES.values():
         names |= set(make())
     return frozenset(names)
-
-
-def dataset_family(dataset: str) -> str:
-    """``"small"`` or ``"large"``: which DomainBed default learning rate and batch size apply."""
-    from sage_bench.data import get_dataset_class
-
-    return get_dataset_class(dataset).HPARAM_FAMILY
-
-
-def hparam_space(algorithm: str, dataset: str, backbone: str | None = None) -> dict[str, HParam]:
-    """Every hyperparameter of a job: shared (per data set family, or a multi-task data set's
-    protocol), per backbone, and per algorithm."""
-    from sage_bench.data.catalog import MULTITASK_TASKS
-
-    family = dataset_family(dataset)
-    space = _multitask_space(dataset) if dataset in MULTITASK_TASKS else _common_space(family, dataset)
-    if backbone is not None and backbone in BACKBONE_SPACES:
-        space.update(BACKBONE_SPACES[backbone]())
-    for name, spec in algorithm_space(algorithm, family, dataset, backbone).items():
-        if name in space:
-            from sage_bench.algorithms.registry import get_algorithm
-
-            raise HParamError(
-                f"algorithm {algorithm!r} ({get_algorithm(algorithm).cls.__module__}) declares a hyperparameter "
-                f"{name!r}, which is a shared one ({', '.join(sorted(space))}); give it another name in "
-                "its space function"
-            )
-        space[name] = spec
-    return space
 
 
 def defaults(space: Mapping[str, HParam]) -> dict[str, Any]:
@@ -245,18 +175,6 @@ def sample(space: Mapping[str, HParam], seed: int) -> dict[str, Any]:
         value = spec.sample(np.random.RandomState(seed_hash(seed, name)))
         drawn[name] = value.item() if isinstance(value, np.generic) else value
     return drawn
-
-
-def default_hparams(algorithm: str, dataset: str, backbone: str | None = None) -> dict[str, Any]:
-    """DomainBed's ``default_hparams``."""
-    return defaults(hparam_space(algorithm, dataset, backbone))
-
-
-def random_hparams(
-    algorithm: str, dataset: str, seed: int, backbone: str | None = None
-) -> dict[str, Any]:
-    """DomainBed's ``random_hparams``: ``seed`` is ``seed_hash(hparams_seed, trial_seed)``."""
-    return sample(hparam_space(algorithm, dataset, backbone), seed)
 
 
 def _in_range(name: str, spec: HParam, value: float) -> float:
@@ -308,39 +226,6 @@ def apply_overrides(
     for name, value in overrides.items():
         merged[name] = coerce(name, space[name], value)
     return merged
-
-
-def resolve_hparams(
-    algorithm: str,
-    dataset: str,
-    hparams_seed: int,
-    trial_seed: int,
-    overrides: Mapping[str, Any] | None = None,
-    backbone: str | None = None,
-) -> dict[str, Any]:
-    """The hyperparameters of one job, as DomainBed's ``train.py`` computes them."""
-    space = hparam_space(algorithm, dataset, backbone)
-    if hparams_seed == 0:
-        hparams = defaults(space)
-    else:
-        hparams = sample(space, seed_hash(hparams_seed, trial_seed))
-    for name, value in hparams.items():  # a default or draw outside its range is a bug of the space
-        if name in (overrides or {}):
-            continue  # replaced, and checked as the user's value below
-        try:
-            coerce(name, space[name], value)
-        except HParamError as exc:
-            from sage_bench.algorithms.registry import get_algorithm
-
-            what = "default" if hparams_seed == 0 else f"random draw (hparams_seed={hparams_seed})"
-            own = name in algorithm_space(algorithm, dataset_family(dataset), dataset, backbone)
-            owner = f"algorithm {algorithm!r} ({get_algorithm(algorithm).cls.__module__})" if own else "sage-bench"
-            raise HParamError(
-                f"the {what} of hparams.{name} that {owner} declares is {value!r}, outside its own range "
-                f"({str(exc).split(': ', 1)[-1]}): a bug of its hyperparameter space, not of this command; "
-                "fix the space function" + (" or set the value with hparams." + name + "=..." if own else "")
-            ) from exc
-    return apply_overrides(space, hparams, overrides or {})
 
 
 SHARED_HPARAM_NAMES: frozenset[str] = _shared_names()

@@ -20,7 +20,8 @@ operands to 10 mantissa bits and lose most of it as well. Hence the defaults:
 - ``tf32``: TF32 matrix products and convolutions on CUDA; ``auto`` is off for algorithms that
   perturb weights and on for the others; ``true``/``false`` as given (no effect on the CPU).
 
-Multi-task jobs (``sage_bench.run.mtl``) resolve ``auto`` to float32 for training and
+A kind of job may resolve ``auto`` to float32 whatever the algorithm (``float32_auto``, declared
+by the kind in ``sage_bench.kinds``). Multi-task jobs (``sage_bench.run.mtl``) do: they resolve ``auto`` to float32 for training and
 evaluation and TF32 off, on every device and for every row: the lineage's trainers use no
 autocast; the solvers (MGDA's min-norm point, FairGrad's least squares, Nash-MTL's convex
 program) work on the Gram matrix of task gradients whose entries bf16 would round to three
@@ -103,19 +104,20 @@ def check_precision(precision: Mapping[str, Any], tf32: Any) -> dict[str, str]:
 
 
 def resolve_precision(
-    precision: Mapping[str, str], tf32: bool | str, device_type: str, perturbs_weights: bool, multi_task: bool = False,
+    precision: Mapping[str, str], tf32: bool | str, device_type: str, perturbs_weights: bool, float32_auto: bool = False,
     perturbation: str = "difference",
 ) -> Precision:  # fmt: skip
     """The precision a job runs in on ``device_type`` (``"cuda"`` or ``"cpu"``) for an
-    algorithm that does (or does not) take gradients at perturbed weights; a multi-task job's
-    ``auto`` is float32 without TF32 for training and evaluation (see the module docstring).
+    algorithm that does (or does not) take gradients at perturbed weights; with ``float32_auto``
+    (a multi-task job's kind) ``auto`` is float32 without TF32 for training and evaluation (see
+    the module docstring).
     ``perturbation``: the job's ``perturbation`` method where its algorithm takes perturbed
     gradients (``auto`` lets the training precision follow its measurement on CUDA)."""
     follows = (
-        perturbation == "auto" and not multi_task and device_type == "cuda"
+        perturbation == "auto" and not float32_auto and device_type == "cuda"
         and {**DEFAULT_PRECISION, **precision}["train"] == "auto"
     )  # fmt: skip
-    if multi_task:
+    if float32_auto:
         perturbs_weights = True  # auto: float32 training, TF32 off
     cuda = device_type == "cuda"
     settings = {**DEFAULT_PRECISION, **precision}
@@ -127,28 +129,28 @@ def resolve_precision(
         return _DTYPES[value]
 
     train = dtype("train", None if perturbs_weights else torch.bfloat16)
-    evaluation = dtype("eval", None if multi_task else torch.bfloat16)
+    evaluation = dtype("eval", None if float32_auto else torch.bfloat16)
     polar = dtype("polar", torch.bfloat16)
     use_tf32 = (not perturbs_weights) if tf32 == "auto" else bool(tf32)
     return Precision(train=train, eval=evaluation, polar=polar, tf32=cuda and use_tf32, train_follows_perturbation=follows)
 
 
 def identity_settings(
-    precision: Mapping[str, str], tf32: bool | str, compile: bool, perturbs_weights: bool, multi_task: bool = False
+    precision: Mapping[str, str], tf32: bool | str, compile: bool, perturbs_weights: bool, float32_auto: bool = False
 ) -> dict[str, Any]:
     """The settings that differ from the defaults, for a job's identity: jobs at the defaults
     keep the identity they had before these keys existed; any other setting is another job.
 
     A value that ``auto`` gives on every device counts as the default: ``precision.train=fp32``
     and ``tf32=false`` for an algorithm that perturbs weights, ``tf32=true`` for one that does
-    not; for a multi-task job also ``precision.eval=fp32``. (Otherwise ``precision.eval`` and
+    not; with ``float32_auto`` (a multi-task job) also ``precision.eval=fp32``. (Otherwise ``precision.eval`` and
     ``precision.polar`` resolve per device, so an explicit value always differs.)
     """
     values: dict[str, Any] = {}
-    if multi_task:
+    if float32_auto:
         perturbs_weights = True
     same = {("train", "fp32")} if perturbs_weights else set()
-    if multi_task:
+    if float32_auto:
         same.add(("eval", "fp32"))
     changed = {k: v for k, v in precision.items() if v != DEFAULT_PRECISION[k] and (k, v) not in same}
     if changed:

@@ -136,7 +136,7 @@ def test_killed_job_resumes_from_its_last_periodic_checkpoint(tmp_path, monkeypa
     monkeypatch.setattr(ERM, "update", update)
     with pytest.raises(SystemExit):
         run_job(spec)
-    assert ckpt.load_checkpoint(spec.job_dir, spec.job_id, spec.steps).step == 11
+    assert ckpt.load_checkpoint(spec.job_dir, spec.job_id, spec.settings.steps).step == 11
     monkeypatch.undo()
     run_job(spec)
     assert comparable(spec.job_dir) == reference

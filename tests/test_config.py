@@ -73,8 +73,8 @@ def test_overrides_reach_the_job(tmp_path):
             f"output_dir={tmp_path}",
         ]
     )
-    assert spec.dataset == "ColoredDigits" and spec.test_envs == [2] and spec.trial_seed == 3
-    assert spec.steps == 7 and spec.checkpoint_freq == 3
+    assert spec.dataset == "ColoredDigits" and spec.settings.test_envs == [2] and spec.trial_seed == 3
+    assert spec.settings.steps == 7 and spec.settings.checkpoint_freq == 3
     assert spec.hparams["lr"] == 0.01 and isinstance(spec.hparams["lr"], float)
     assert spec.hparams["batch_size"] == 16
     assert spec.backbone == "digits_cnn"  # the data set's default
@@ -85,15 +85,15 @@ def test_dataset_defaults_for_steps_and_checkpoints():
     from sage_bench.data import RotatedDigits
 
     spec = load_job([])
-    assert spec.steps == RotatedDigits.N_STEPS
-    assert spec.checkpoint_freq == RotatedDigits.CHECKPOINT_FREQ
+    assert spec.settings.steps == RotatedDigits.N_STEPS
+    assert spec.settings.checkpoint_freq == RotatedDigits.CHECKPOINT_FREQ
 
 
 def test_job_folder_is_a_hash_of_the_arguments(tmp_path):
     a = load_job([f"output_dir={tmp_path}"])
     b = load_job([f"output_dir={tmp_path}", "device=cpu", "progress=false"])  # same job
     c = load_job([f"output_dir={tmp_path}", "trial_seed=1"])
-    d = load_job([f"output_dir={tmp_path}", f"steps={a.steps}"])  # the default, made explicit
+    d = load_job([f"output_dir={tmp_path}", f"steps={a.settings.steps}"])  # the default, made explicit
     assert a.job_dir == b.job_dir == d.job_dir
     assert a.job_dir != c.job_dir
     assert len(a.job_dir.name) == 32

@@ -46,7 +46,7 @@ def test_same_records_and_tables_as_all(tmp_path):
             spec_all, full = _run([*base, f"output_dir={tmp_path / 'all'}"])
             spec_sel, selected = _run([*base, f"output_dir={tmp_path / 'selection'}", "eval_splits=selection"])
             assert spec_all.job_id != spec_sel.job_id
-            _same_except_left_out(full, selected, spec_all.test_envs)
+            _same_except_left_out(full, selected, spec_all.settings.test_envs)
             records["all"] += full
             records["selection"] += selected
     for method in ("training-domain", "leave-one-out", "oracle"):

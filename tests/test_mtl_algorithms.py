@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from sage_bench.algorithms import MULTI_TASK, algorithms, build_multitask_algorithm
+from sage_bench.algorithms.registry import algorithm_space
 from sage_bench.data.digit_scenes import DigitScenes
-from sage_bench.hparams import HParamError, algorithm_space
+from sage_bench.hparams import HParamError
 from sage_bench.models.mtan import MTAN
 from sage_bench.mtl import MultiTaskLoss
 from tests import reference_mtl_steps as ref

@@ -8,8 +8,7 @@ import re
 import pytest
 
 from sage_bench.cli import main
-from sage_bench.config import ConfigError, load_job
-from sage_bench.hparams import default_hparams
+from sage_bench.config import ConfigError, default_hparams, load_job
 from sage_bench.sweep.plan import Sweep
 
 PAPER = ["experiment=paper_mtl"]

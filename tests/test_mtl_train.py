@@ -73,8 +73,8 @@ def test_every_multitask_row_trains_on_digit_scenes_from_the_cli(tmp_path, capsy
 
 def test_the_job_knows_its_task_from_the_data_set(tmp_path):
     spec = load_job(["dataset=DigitScenes", "algorithm=SAGE-FairGrad", "trial_seed=2", f"output_dir={tmp_path}"])
-    assert spec.multi_task and spec.seed == 2  # the lineage's seeds are the trial seeds
-    assert (spec.epochs, spec.lr_step_epochs, spec.lr_gamma) == (2, 100, 0.5)
+    assert spec.task == "multi_task" and spec.seed == 2  # the lineage's seeds are the trial seeds
+    assert (spec.settings.epochs, spec.settings.lr_step_epochs, spec.settings.lr_gamma) == (2, 100, 0.5)
     assert spec.backbone == "mtan" and spec.backbone_options == {"width": "narrow"}
     assert spec.hparams["batch_size"] == 8 and spec.hparams["rho"] == 1e-4 and "data_augmentation" not in spec.hparams
     args = spec.record_args()
@@ -89,13 +89,13 @@ def test_the_job_knows_its_task_from_the_data_set(tmp_path):
     assert explicit.job_id == spec.job_id  # what auto gives anyway
     nyu = load_job(["dataset=NYUv2", "algorithm=LS"])
     assert nyu.hparams["data_augmentation"] is True and nyu.backbone_options == {"width": "paper"}
-    assert (nyu.epochs, nyu.hparams["batch_size"], nyu.hparams["lr"]) == (200, 2, 1e-4)
+    assert (nyu.settings.epochs, nyu.hparams["batch_size"], nyu.hparams["lr"]) == (200, 2, 1e-4)
 
 
 def test_the_paper_preset(tmp_path):
     for dataset, batch in (("NYUv2", 2), ("Cityscapes", 8)):
         spec = load_job(["experiment=paper_mtl", f"dataset={dataset}", "algorithm=SAGE-FairGrad"])
-        assert (spec.epochs, spec.lr_step_epochs, spec.lr_gamma) == (200, 100, 0.5)
+        assert (spec.settings.epochs, spec.settings.lr_step_epochs, spec.settings.lr_gamma) == (200, 100, 0.5)
         assert (spec.hparams["lr"], spec.hparams["batch_size"], spec.hparams["weight_decay"]) == (1e-4, batch, 0.0)
         assert spec.optimizer == "adam" and spec.backbone_options == {"width": "paper"}
         assert (spec.hparams["rho"], spec.hparams["gamma"]) == (1e-4, 1e-5)
@@ -274,7 +274,8 @@ def test_the_keys_of_one_kind_of_job_default_to_what_the_other_kind_needs():
     from omegaconf import OmegaConf
 
     from sage_bench.config import compose_config
-    from sage_bench.config_mtl import DG_ONLY, MULTITASK_ONLY
+    from sage_bench.config.dg import DG_ONLY
+    from sage_bench.config.mtl import MULTITASK_ONLY
 
     cfg = compose_config([])
     for key, (default, _) in {**DG_ONLY, **MULTITASK_ONLY}.items():

@@ -16,10 +16,11 @@ from sage_bench.algorithms.base import Algorithm
 from sage_bench.algorithms.registry import (
     _REGISTRY,
     DOMAIN_GENERALIZATION,
+    algorithm_space,
     algorithms,
     register_algorithm,
 )
-from sage_bench.config import load_job
+from sage_bench.config import hparam_space, load_job
 from sage_bench.errors import ConfigError
 from sage_bench.models import Classifier
 from sage_bench.sweep.plan import Sweep
@@ -31,13 +32,13 @@ DG_ALGORITHMS = sorted(algorithms(DOMAIN_GENERALIZATION))
 def test_every_registered_algorithm_composes_from_the_config(name, tmp_path):
     spec = load_job([f"algorithm={name}", f"output_dir={tmp_path}"])
     assert spec.algorithm == name
-    assert set(hp.algorithm_space(name, "small")) <= set(spec.hparams)
+    assert set(algorithm_space(name, "small")) <= set(spec.hparams)
 
 
 @pytest.mark.parametrize("family, dataset", [("small", "RotatedDigits"), ("large", "PACS"), ("large", "DomainNet")])
 @pytest.mark.parametrize("name", DG_ALGORITHMS)
 def test_defaults_and_random_draws_lie_in_their_ranges(name, family, dataset):
-    space = hp.hparam_space(name, dataset)
+    space = hparam_space(name, dataset)
     draws = [hp.defaults(space)] + [hp.sample(space, seed) for seed in range(1, 60)]
     for drawn in draws:
         for key, value in drawn.items():
@@ -66,7 +67,7 @@ def test_equal_values_written_differently_are_one_job(tmp_path):
     a = load_job(["algorithm=SAM", "hparams.lr=1", "test_envs=[1,0]", f"output_dir={tmp_path}"])
     b = load_job(["algorithm=SAM", "hparams.lr=1.0", "test_envs=[0,1]", f"output_dir={tmp_path}"])
     assert a.job_dir == b.job_dir
-    assert a.hparams_overrides == {"lr": 1.0} and a.test_envs == [0, 1]
+    assert a.hparams_overrides == {"lr": 1.0} and a.settings.test_envs == [0, 1]
 
 
 class _Echo(Algorithm):

@@ -32,8 +32,8 @@ def test_table1_plan_has_every_job_in_the_papers_setting(tmp_path):
     assert {job.spec.algorithm for job in jobs} == set(TABLE1_ALGORITHMS)
     assert {job.spec.trial_seed for job in jobs} == {0, 1, 2}
     assert {job.spec.hparams_seed for job in jobs} == {0}
-    assert all(len(job.spec.test_envs) == 1 for job in jobs)
-    assert {job.spec.eval_splits for job in jobs} == {"selection"}  # the same table, less evaluation
+    assert all(len(job.spec.settings.test_envs) == 1 for job in jobs)
+    assert {job.spec.settings.eval_splits for job in jobs} == {"selection"}  # the same table, less evaluation
     for job in jobs:
         spec = job.spec
         assert spec.backbone == "clip_vit_b16" and spec.optimizer == "adam"
@@ -63,7 +63,7 @@ def test_cost_model_counts_the_evaluated_splits_and_the_cache(tmp_path):
 
     def pacs(overrides, algorithm="ERM"):
         jobs = table1_sweep(tmp_path, tmp_path / "data", trials=1, datasets=["PACS"], overrides=overrides).jobs()
-        (job,) = [j for j in jobs if j.spec.test_envs == [0] and j.spec.algorithm == algorithm]
+        (job,) = [j for j in jobs if j.spec.settings.test_envs == [0] and j.spec.algorithm == algorithm]
         return jobs, job
 
     # the preset evaluates the training environments without augmentation, as the forks do
@@ -80,7 +80,7 @@ def test_cost_model_counts_the_evaluated_splits_and_the_cache(tmp_path):
     # ERM in float32 without TF32 (the paper's setting) on 3 x 12 images a step
     assert cost.step_seconds(plain) == pytest.approx(36 * 7.5 / 1000)
     steps = 5001 * cost.step_seconds(plain)
-    checkpoints = 5001 // plain.spec.checkpoint_freq + 1
+    checkpoints = 5001 // plain.spec.settings.checkpoint_freq + 1
     # float32 evaluation (450 images/s on the GPU) is the limit, not 8 cores decoding 640 images/s:
     # what selection reads costs the same decoded or cached
     assert cost.job_hours(job, eval_splits="all") * 3600 - steps == pytest.approx(checkpoints * 9991 / 450)

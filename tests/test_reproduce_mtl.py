@@ -35,7 +35,7 @@ def test_a_multitask_sweep_plans_stl_once_per_task_and_no_test_environments(tmp_
         ("DigitScenes2", "depth"), ("DigitScenes2", "seg"),
     ]  # fmt: skip
     assert len(jobs) == 2 * (3 + 1) + 2 * (2 + 1)
-    assert all(job.spec.multi_task and job.spec.test_envs == [] for job in jobs)
+    assert all(job.spec.task == "multi_task" and not hasattr(job.spec.settings, "test_envs") for job in jobs)
     assert not any(o.startswith("test_envs=") for job in jobs for o in job.overrides)
     given = Sweep(tmp_path, ["DigitScenes"], ["STL"], hparams_seeds=[0], trial_seeds=[0], overrides=["hparams.task=depth"])
     assert [job.spec.hparams["task"] for job in given.jobs()] == ["depth"]
@@ -88,7 +88,7 @@ def test_reproduce_table2_plans_every_registered_row_in_table_2s_order(tmp_path)
     some = ["MGDA", "PCGrad", "FairGrad", "SAMO-LS", "SAGE-LS", "SAGE-SAMO-LS"]  # in Table 2's order
     assert [r for r in rows if r in some] == some
     assert {job.spec.dataset for job in jobs} == {"NYUv2", "Cityscapes"}
-    assert all(job.spec.epochs == 200 and job.spec.backbone_options == {"width": "paper"} for job in jobs)
+    assert all(job.spec.settings.epochs == 200 and job.spec.backbone_options == {"width": "paper"} for job in jobs)
 
 
 @pytest.mark.slow
@@ -115,7 +115,7 @@ def test_quick_mtl_runs_three_seeds_of_every_row_and_the_floor_by_default(tmp_pa
     rows = list(dict.fromkeys(job.spec.algorithm for job in jobs))
     assert rows[:3] == ["Constant", "STL", "LS"] and set(rows) == set(algorithms(MULTI_TASK))
     assert {job.spec.trial_seed for job in jobs} == {0, 1, 2}
-    assert all(job.spec.epochs == 1 and job.spec.device == "cpu" for job in jobs)
+    assert all(job.spec.settings.epochs == 1 and job.spec.device == "cpu" for job in jobs)
 
 
 def test_a_multitask_job_list_for_slurm_arrays_names_the_same_jobs(tmp_path, capsys):

@@ -79,16 +79,16 @@ def test_grid_counts_and_order(tmp_path):
     assert len({job.job_dir for job in jobs}) == len(jobs)
     assert all(job.job_dir.parent == tmp_path.resolve() for job in jobs)
     first = jobs[0].spec
-    assert (first.dataset, first.test_envs, first.hparams_seed, first.trial_seed) == (
+    assert (first.dataset, first.settings.test_envs, first.hparams_seed, first.trial_seed) == (
         "RotatedDigits",
         [0],
         0,
         0,
     )
-    assert first.hparams["lr"] == 1e-3 and first.steps == 5
+    assert first.hparams["lr"] == 1e-3 and first.settings.steps == 5
     assert "hparams.lr=0.001" in jobs[0].describe()
     all_envs = Sweep(tmp_path, ["RotatedDigits"], ["ERM"], "all", [0], [0]).jobs()
-    assert [j.spec.test_envs for j in all_envs] == all_test_env_combinations(6)
+    assert [j.spec.settings.test_envs for j in all_envs] == all_test_env_combinations(6)
     assert (
         not tmp_path.joinpath("x").exists() and list(tmp_path.iterdir()) == []
     )  # planning writes nothing
@@ -433,9 +433,9 @@ def test_a_huge_steps_is_counted_not_listed_by_the_disk_estimate(tmp_path, steps
 
 
 def test_the_record_count_is_that_of_the_steps_a_job_records():
-    from sage_bench.sweep.disk import _record_steps
+    from sage_bench.config.dg import KIND
 
     for steps, freq in itertools.product(range(1, 30), range(1, 12)):
-        spec = SimpleNamespace(multi_task=False, steps=steps, checkpoint_freq=freq)
+        spec = SimpleNamespace(settings=SimpleNamespace(steps=steps, checkpoint_freq=freq))
         recorded = [s for s in range(steps) if s % freq == 0 or s == steps - 1]  # as run/dg.py records
-        assert _record_steps(spec) == len(recorded), (steps, freq)
+        assert KIND.record_count(spec) == len(recorded), (steps, freq)

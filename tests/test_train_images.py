@@ -47,7 +47,7 @@ def test_paper_experiment(dataset, steps, freq):
     assert spec.backbone_options["model"] == "ViT-B-16" and spec.backbone_options["weights"] == "openai"
     assert spec.backbone_options["head"] == "zero_shot" and spec.optimizer == "adam"
     assert spec.hparams["lr"] == 1e-6 and spec.hparams["batch_size"] == 12  # 12 per training domain
-    assert (spec.steps, spec.checkpoint_freq) == (steps, freq)
+    assert (spec.settings.steps, spec.settings.checkpoint_freq) == (steps, freq)
     assert spec.precision["train"] == spec.precision["eval"] == "fp32" and spec.tf32 is False
     computed = spec.resolved_precision()
     assert computed.train is None and computed.eval is None and not computed.tf32  # float32, even for ERM
@@ -56,10 +56,10 @@ def test_paper_experiment(dataset, steps, freq):
     total = load_job(["experiment=paper_domainbed_total12", f"dataset={dataset}", "algorithm=ERM"])
     n_sources = (6 if dataset == "DomainNet" else 4) - 1
     assert total.hparams["batch_size"] == (2 if dataset == "DomainNet" else 4)
-    assert total.hparams["batch_size"] * n_sources <= 12 and (total.steps, total.checkpoint_freq) == (steps, freq)
+    assert total.hparams["batch_size"] * n_sources <= 12 and (total.settings.steps, total.settings.checkpoint_freq) == (steps, freq)
     # the user can still override
     assert load_job(["experiment=paper_domainbed", f"dataset={dataset}", "hparams.batch_size=3"]).hparams["batch_size"] == 3
-    assert load_job(["experiment=paper_domainbed", f"dataset={dataset}", "steps=7"]).steps == 7
+    assert load_job(["experiment=paper_domainbed", f"dataset={dataset}", "steps=7"]).settings.steps == 7
 
 
 def test_paper_experiment_outside_its_data_sets():

@@ -38,7 +38,7 @@ def test_values_that_would_fail_in_training_are_refused(tmp_path, capsys, overri
 
 def test_the_largest_seed_and_the_smallest_holdout_pass(tmp_path):
     assert load_job([f"seed={2**64 - 1}", f"output_dir={tmp_path}"]).seed == 2**64 - 1
-    assert load_job(["holdout_fraction=0.0034", f"output_dir={tmp_path}"]).holdout_fraction == 0.0034  # 1 of 299
+    assert load_job(["holdout_fraction=0.0034", f"output_dir={tmp_path}"]).settings.holdout_fraction == 0.0034  # 1 of 299
     # environments 0-2 hold 300 digits, 3-5 hold 299: 300 * 0.00334 >= 1 > 299 * 0.00334
     with pytest.raises(ConfigError, match=r"out-split of environment 3 \(45, 299 examples\) empty"):
         load_job(["holdout_fraction=0.00334", f"output_dir={tmp_path}"])
@@ -85,7 +85,7 @@ def test_a_diverging_job_stops_keeps_its_last_good_checkpoint_and_is_reported_fa
     spec = load_job(overrides)
     assert "TrainingDiverged: the training loss became nan at step 1" in (spec.job_dir / "err.txt").read_text()
     assert [r["step"] for r in read_records(spec.job_dir)] == [0]
-    saved = load_checkpoint(spec.job_dir, spec.job_id, spec.steps)
+    saved = load_checkpoint(spec.job_dir, spec.job_id, spec.settings.steps)
     assert saved.step == 1
     assert all(torch.isfinite(v).all() for v in saved.algorithm.values() if torch.is_tensor(v) and v.is_floating_point())
     sweep = Sweep(tmp_path, ["RotatedDigits"], ["ERM"], test_envs=[[0]], hparams_seeds=[0], trial_seeds=[0],

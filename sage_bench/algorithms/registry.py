@@ -5,7 +5,7 @@ hyperparameter space and the kind of task it solves (timm's ``@register_model`` 
     class SAM(TwoPassAlgorithm): ...
 
 Everything else reads from here: ``build_algorithm``, the hyperparameter registry
-(``sage_bench.hparams.hparam_space``), the ``algorithm=`` choices of the Hydra configuration
+(``sage_bench.config.space.hparam_space``), the ``algorithm=`` choices of the Hydra configuration
 and the messages that list valid names.
 
 Algorithms from other packages register the same way. An installed package makes them known
@@ -139,6 +139,27 @@ def get_algorithm(name: str) -> RegisteredAlgorithm:
     return registered[name]
 
 
+def algorithm_space(
+    algorithm: str, family: str = "large", dataset: str | None = None, backbone: str | None = None
+) -> dict[str, HParam]:
+    """The hyperparameters that belong to ``algorithm`` itself, in a context (its registered
+    space function called, and what it returned checked)."""
+    registered = get_algorithm(algorithm)
+    where = f"algorithm {algorithm!r} ({registered.cls.__module__})"
+    try:
+        space = registered.space(SpaceContext(family, dataset, backbone))
+    except Exception as exc:
+        raise HParamError(
+            f"the hyperparameter space of {where} raised {type(exc).__name__}: {exc}; fix its space function"
+        ) from exc
+    if not isinstance(space, Mapping) or not all(isinstance(k, str) and isinstance(v, HParam) for k, v in space.items()):
+        raise HParamError(
+            f"the hyperparameter space of {where} returned {type(space).__name__} {space!r:.80}; a space "
+            "function returns a dict {name: HParam(...)} (sage_bench.algorithms.registry.no_hparams: none)"
+        )
+    return dict(space)
+
+
 class _Classes(Mapping[str, Any]):
     """Read-only view ``name -> class`` of the registry's algorithms for one task kind."""
 
@@ -167,6 +188,7 @@ __all__ = [
     "TASKS",
     "PluginError",
     "RegisteredAlgorithm",
+    "algorithm_space",
     "algorithms",
     "get_algorithm",
     "load_plugins",

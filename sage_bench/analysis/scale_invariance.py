@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sage_bench import hparams as hp
+from sage_bench.algorithms.registry import algorithm_space
 from sage_bench.analysis.report import Report, Row, figure, one_thread
 from sage_bench.errors import UserError
 from sage_bench.geometry import (
@@ -115,7 +115,7 @@ Perturbation = Callable[[list[nn.Parameter], list[torch.Tensor]], list[torch.Ten
 
 def perturbations(rho_sam: float, rho_asam: float, eta: float, rho_sage: float) -> dict[str, Perturbation]:
     """Each method's perturbation ``e(params, grads)``, from the algorithms' own code."""
-    sage = hp.algorithm_space("SAGE")
+    sage = algorithm_space("SAGE")
     sage_options = {
         "orthogonalize": sage["orthogonalize"].default,
         "layer_scale": sage["layer_scale"].default,

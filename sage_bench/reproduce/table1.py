@@ -131,7 +131,7 @@ class CostModel:
         spec = job.spec
         computed = spec.resolved_precision_on("cuda").describe()
         arithmetic = computed["train"] if computed["train"] != "float32" or not computed["tf32"] else "tf32"
-        images = spec.hparams["batch_size"] * (len(get_dataset_class(spec.dataset).ENVIRONMENTS) - len(spec.test_envs))
+        images = spec.hparams["batch_size"] * (len(get_dataset_class(spec.dataset).ENVIRONMENTS) - len(spec.settings.test_envs))
         passes = dict(self.step_factor).get(spec.algorithm, 2.0 if spec.perturbs_weights() else 1.0)
         predicted = self.perturbed_step(job)
         if predicted is not None:
@@ -147,11 +147,11 @@ class CostModel:
         augmented = spec.hparams.get("data_augmentation", True) and spec.dataset_options.get("eval_augment", True)
         from_cache = from_jpeg = 0
         for i, n in enumerate(sizes):
-            out = int(n * spec.holdout_fraction)
+            out = int(n * spec.settings.holdout_fraction)
             for part, images in (("in", n - out), ("out", out)):
-                if (eval_splits or spec.eval_splits) == "selection" and part == "in" and i not in spec.test_envs:
+                if (eval_splits or spec.settings.eval_splits) == "selection" and part == "in" and i not in spec.settings.test_envs:
                     continue
-                if cached and not (augmented and i not in spec.test_envs):
+                if cached and not (augmented and i not in spec.settings.test_envs):
                     from_cache += images
                 else:
                     from_jpeg += images
@@ -160,13 +160,13 @@ class CostModel:
     def job_hours(self, job: SweepJob, cached: bool = False, eval_splits: str | None = None) -> float:
         """GPU hours of ``job``; ``cached``: with the evaluation cache; ``eval_splits``: instead of the job's."""
         spec = job.spec
-        evaluations = spec.steps // spec.checkpoint_freq + 1
+        evaluations = spec.settings.steps // spec.settings.checkpoint_freq + 1
         from_cache, from_jpeg = self.checkpoint_images(job, cached, eval_splits)
         gpu = self.gpu_images_per_s if spec.resolved_precision_on("cuda").eval is not None else self.gpu_images_per_s_fp32
         cache_rate = min(gpu, self.cpu_cores * self.cache_images_per_s_per_core)
         jpeg_rate = min(gpu, self.cpu_cores * self.jpeg_images_per_s_per_core)
         evaluation = evaluations * (from_cache / cache_rate + from_jpeg / jpeg_rate)
-        return (spec.steps * self.step_seconds(job) + evaluation) / 3600
+        return (spec.settings.steps * self.step_seconds(job) + evaluation) / 3600
 
 
 MIXED_PRECISION = {"precision": {"train": "auto", "eval": "auto", "polar": "auto"}, "tf32": "auto"}
@@ -258,7 +258,7 @@ def describe_plan(jobs: Sequence[SweepJob], cost: CostModel = CostModel(), cache
         totals = [t + r for t, r in zip(totals, row, strict=True)]
         lines.append(f"{dataset:<16}{row[0]:>6}{row[1]:>12.1f}{row[2]:>12.1f}{row[3]:>11.1f}")
     lines.append(f"{'total':<16}{totals[0]:>6}{totals[1]:>12.1f}{totals[2]:>12.1f}{totals[3]:>11.1f}")
-    splits = ", ".join(sorted({job.spec.eval_splits for job in jobs}))
+    splits = ", ".join(sorted({job.spec.settings.eval_splits for job in jobs}))
     lines.append(
         f"(A100-hours: as planned, eval_splits={splits}, evaluation cache found for "
         f"{', '.join(sorted(cached)) or 'no data set'}; with every data set cached; DomainBed's evaluation of "
@@ -410,7 +410,7 @@ def reproduce_quick(
     if not collection.records:
         raise UserError(f"no finished runs in {results_dir / 'runs'}")
     text = write_tables(collection.records, results_dir, compare_paper=False)
-    caveat = quick_caveat(min(job.spec.steps for job in jobs), trials)
+    caveat = quick_caveat(min(job.spec.settings.steps for job in jobs), trials)
     if caveat:
         text += f"\nNote: {caveat}.\n"
         with open(results_dir / "table.md", "a", encoding="utf-8") as f:

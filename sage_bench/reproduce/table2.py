@@ -92,7 +92,7 @@ class MultiTaskCostModel:
         return (sizes.get("train", 0) * passes + sizes.get("val", 0)) * per_image
 
     def job_hours(self, job: SweepJob) -> float:
-        return job.spec.epochs * self.epoch_seconds(job) / 3600
+        return job.spec.settings.epochs * self.epoch_seconds(job) / 3600
 
 
 def table2_sweep(output_dir: str | Path, data_dir: str | Path | None = None, trials: int = 3,

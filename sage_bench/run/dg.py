@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -32,26 +31,24 @@ from sage_bench.run.accelerate import accelerate
 from sage_bench.run.alignment import HeldOutGradientProbe
 from sage_bench.run.evaluation import build_evaluator
 from sage_bench.run.guards import check_finite, check_finite_weights, format_row, peak_memory_gb
+from sage_bench.run.job import Job
 from sage_bench.seeding import seed_hash
-
-if TYPE_CHECKING:
-    from sage_bench.run.train import Job
 
 
 def train(job: Job) -> Algorithm:
     """Train the domain-generalization job ``job.spec`` to its last step; return the algorithm."""
     spec, job_dir, log, stop = job.spec, job.dir, job.log, job.stop
-    resume = job.begin(spec.steps)  # None: start at step 0
+    resume = job.begin(spec.settings.steps)  # None: start at step 0
     start_step = resume.step if resume else 0
     device = torch.device(spec.device)
     hparams = spec.hparams
 
     preprocess = backbone_preprocess(spec.backbone, spec.backbone_options)  # input size, normalisation
     dataset = get_dataset_class(spec.dataset)(
-        str(spec.data_dir), spec.test_envs, hparams, preprocess=preprocess, **spec.dataset_options
+        str(spec.data_dir), spec.settings.test_envs, hparams, preprocess=preprocess, **spec.dataset_options
     )
-    splits = split_environments(dataset, spec.holdout_fraction, spec.trial_seed)
-    train_envs = [i for i in range(len(dataset)) if i not in spec.test_envs]
+    splits = split_environments(dataset, spec.settings.holdout_fraction, spec.trial_seed)
+    train_envs = [i for i in range(len(dataset)) if i not in spec.settings.test_envs]
     batch_size = hparams["batch_size"]
     pin = device.type == "cuda"
     train_iterators = [
@@ -92,11 +89,11 @@ def train(job: Job) -> Algorithm:
     accelerate(algorithm, device, precision, compile=spec.compile)
 
     probe = None  # the cosine with the held-out domains' gradient (Figure 5), when asked for
-    if spec.test_grad_cosine_freq:
-        probe = HeldOutGradientProbe([splits[i].in_split for i in spec.test_envs], batch_size, spec.seed, device)
+    if spec.settings.test_grad_cosine_freq:
+        probe = HeldOutGradientProbe([splits[i].in_split for i in spec.settings.test_envs], batch_size, spec.seed, device)
 
     steps_per_epoch = min(len(s.in_split) / batch_size for s in splits)
-    test_env = spec.test_envs[0]
+    test_env = spec.settings.test_envs[0]
     val_keys = [f"env{i}_out_acc" for i in train_envs]
     header = ["step", "epoch", "loss", "train_val", f"env{test_env}_in", "step_time"]
     log.info(format_row(header))
@@ -114,10 +111,10 @@ def train(job: Job) -> Algorithm:
     else:
         (job_dir / RESULTS_FILE).unlink(missing_ok=True)  # an unfinished earlier attempt starts over
     bar = tqdm(
-        range(start_step, spec.steps),
+        range(start_step, spec.settings.steps),
         initial=start_step,
-        total=spec.steps,
-        desc=f"{spec.algorithm} {spec.dataset} test_envs={spec.test_envs}",
+        total=spec.settings.steps,
+        desc=f"{spec.algorithm} {spec.dataset} test_envs={spec.settings.test_envs}",
         disable=not spec.progress,
         dynamic_ncols=True,
         leave=False,
@@ -140,10 +137,10 @@ def train(job: Job) -> Algorithm:
                 save(step)
             raise ckpt.JobInterrupted(stop.received, step if step > start_step else None) from exc
         minibatches = [(x.to(device, non_blocking=pin), y.to(device, non_blocking=pin)) for x, y in batches]
-        if probe is not None and step % spec.test_grad_cosine_freq == 0:
+        if probe is not None and step % spec.settings.test_grad_cosine_freq == 0:
             start += probe.measure(step, algorithm, minibatches)  # not part of the step's time
-        last = step == spec.steps - 1
-        algorithm.measure_fidelity = step % spec.checkpoint_freq == 0 or last
+        last = step == spec.settings.steps - 1
+        algorithm.measure_fidelity = step % spec.settings.checkpoint_freq == 0 or last
         stats = algorithm.update(minibatches)
         check_finite(stats, step, saved_step)
         interval["step_time"].append(time.time() - start)
@@ -152,7 +149,7 @@ def train(job: Job) -> Algorithm:
         if "loss" in stats:
             bar.set_postfix(loss=f"{stats['loss']:.4f}", refresh=False)
 
-        if step % spec.checkpoint_freq == 0 or last:
+        if step % spec.settings.checkpoint_freq == 0 or last:
             record: dict = {"step": step, "epoch": step / steps_per_epoch}
             for key, values in interval.items():
                 record[key] = float(np.mean(values))
@@ -183,7 +180,7 @@ def train(job: Job) -> Algorithm:
                     ]
                 )
             )
-        if not last and (step % spec.checkpoint_freq == 0 or stop.received is not None):
+        if not last and (step % spec.settings.checkpoint_freq == 0 or stop.received is not None):
             check_finite_weights(algorithm, step, saved_step)  # never checkpoint broken weights
             save(step + 1)
             saved_step = step + 1

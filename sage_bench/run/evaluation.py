@@ -143,12 +143,12 @@ def build_evaluator(spec: JobSpec, dataset: MultiDomainDataset, splits: list[Env
     wanted = []
     for part in ("in", "out"):
         for i, env_split in enumerate(splits):
-            keep = spec.eval_splits == "all" or part == "out" or i in spec.test_envs
+            keep = spec.settings.eval_splits == "all" or part == "out" or i in spec.settings.test_envs
             wanted.append((i, part, getattr(env_split, f"{part}_split"), keep))
     cache = None
     if images and any(keep and deterministic[i] for i, _, _, keep in wanted):
         cache = _cache_for(spec, dataset, preprocess, log)
-    if spec.eval_splits == "selection" and spec.num_workers == 0 and images and any(dataset.eval_augmented):
+    if spec.settings.eval_splits == "selection" and spec.num_workers == 0 and images and any(dataset.eval_augmented):
         log.info("note: eval_splits=selection leaves out augmented evaluations that would have drawn from the "
                  "global random generator (num_workers=0); training that draws from it differs from an "
                  "eval_splits=all run")  # fmt: skip

@@ -29,7 +29,7 @@ import contextlib
 import math
 import time
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,10 +50,8 @@ from sage_bench.records import RESULTS_FILE, truncate_records
 from sage_bench.run import checkpoint as ckpt
 from sage_bench.run.accelerate import accelerate
 from sage_bench.run.guards import check_finite, check_finite_weights, format_row, peak_memory_gb
+from sage_bench.run.job import Job
 from sage_bench.seeding import seed_hash
-
-if TYPE_CHECKING:
-    from sage_bench.run.train import Job
 
 EVAL_SEED = 0  # seeds the evaluation loader's workers (no draw from the global generator)
 
@@ -113,13 +111,13 @@ def train(job: Job) -> MultiTaskAlgorithm:
     data = build_dataset(spec)
     batch_size = hparams["batch_size"]
     steps_per_epoch = math.ceil(len(data.train) / batch_size)
-    total_steps = spec.epochs * steps_per_epoch
+    total_steps = spec.settings.epochs * steps_per_epoch
     resume = job.begin(total_steps)  # None: start at step 0; seeds the global generators
     start_step = resume.step if resume else 0
 
     network = mtan(data.tasks, spec.backbone_options["width"], in_channels=data.input_shape[0]).to(device)
     optimizer = build_optimizer(spec.optimizer, network.parameters(), hparams, **spec.optimizer_options)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=spec.lr_step_epochs, gamma=spec.lr_gamma)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=spec.settings.lr_step_epochs, gamma=spec.settings.lr_gamma)
     algorithm = build_multitask_algorithm(
         spec.algorithm, network, optimizer, MultiTaskLoss(data.tasks), hparams, data.HPARAM_FAMILY, dataset=spec.dataset,
         perturbation=spec.perturbation, perturbation_tolerance=spec.perturbation_tolerance,
@@ -155,7 +153,7 @@ def train(job: Job) -> MultiTaskAlgorithm:
         leave=False,
     )
     start_epoch, start_batch = divmod(start_step, steps_per_epoch)
-    for epoch in range(start_epoch, spec.epochs):
+    for epoch in range(start_epoch, spec.settings.epochs):
         first = start_batch if epoch == start_epoch else 0
         data.train.set_epoch(epoch)
         loader = iter(
@@ -212,7 +210,7 @@ def train(job: Job) -> MultiTaskAlgorithm:
                  record.get("delta_m", float("nan")), record["step_time"]]
             )  # fmt: skip
         )
-        if epoch < spec.epochs - 1:
+        if epoch < spec.settings.epochs - 1:
             check_finite_weights(algorithm, epoch_end - 1, saved_step)  # never checkpoint broken weights
             save(epoch_end)
             saved_step = epoch_end

@@ -2,9 +2,10 @@
 
 This module is the job shell, the same for every kind of job: the lock, the log, the tracker,
 the stop signals, ``job.json``, loading and checking the checkpoint, writing records, the
-``done`` marker and what a failure leaves. The training loop itself is the job kind's:
-``sage_bench.run.dg`` (domain generalization: steps, environments, model selection's records)
-or ``sage_bench.run.mtl`` (multi-task: epochs, per-epoch metrics); each gets a ``Job``.
+``done`` marker and what a failure leaves. The training loop itself is the job kind's
+(``sage_bench.run.loops``): ``sage_bench.run.dg`` (domain generalization: steps, environments,
+model selection's records) or ``sage_bench.run.mtl`` (multi-task: epochs, per-epoch metrics);
+each gets a ``Job`` (``sage_bench.run.job``).
 """
 
 from __future__ import annotations
@@ -18,9 +19,7 @@ import sys
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -30,18 +29,13 @@ from tqdm.auto import tqdm
 from sage_bench import __version__
 from sage_bench.config import JobSpec
 from sage_bench.data.loaders import close_loaders, is_worker_death
-from sage_bench.records import (
-    ERROR_FILE,
-    LOG_FILE,
-    append_record,
-    is_done,
-    mark_done,
-)
+from sage_bench.records import ERROR_FILE, LOG_FILE, is_done, mark_done
 from sage_bench.run import checkpoint as ckpt
 from sage_bench.run.guards import TrainingDiverged
+from sage_bench.run.job import Job
 from sage_bench.run.lock import job_lock
+from sage_bench.run.loops import training_loop
 from sage_bench.run.tracking import Tracker
-from sage_bench.seeding import seed_everything
 
 JOB_FILE = "job.json"
 MODEL_FILE = "model.pt"  # the final model, kept when save_final_model=true
@@ -175,55 +169,13 @@ def _describe(spec: JobSpec, log: logging.Logger) -> None:
         log.info(f"\t{key}: {value}")
 
 
-def _run_name(spec: JobSpec) -> str:
-    where = "" if spec.multi_task else f" test_envs={spec.test_envs}"
-    return f"{spec.algorithm} {spec.dataset}{where} hparams_seed={spec.hparams_seed} trial_seed={spec.trial_seed}"
-
-
-@dataclass
-class Job:
-    """What a training loop gets from the job shell: the spec, its folder, the log, the stop
-    signals (``stop.received``), the computation its checkpoints must match, and how to start
-    (``begin``) and write a record (``write_record``)."""
-
-    spec: JobSpec
-    dir: Path
-    log: logging.Logger
-    stop: ckpt.StopSignals
-    tracker: Tracker
-    computation: dict[str, Any]
-
-    def begin(self, total_steps: int) -> ckpt.Checkpoint | None:
-        """The checkpoint to resume from (``None``: start at step 0) of a job of
-        ``total_steps`` steps, checked against the job's computation; then the tracker starts and
-        the global generators are seeded from the job's seed. Call once, before anything random
-        (building the network)."""
-        spec = self.spec
-        resume = ckpt.load_checkpoint(self.dir, spec.job_id, total_steps)
-        if resume:
-            ckpt.check_computation(resume, self.computation, ckpt.checkpoint_path(self.dir))
-            if resume.torch != torch.__version__:  # numerics may differ slightly; the code is the same
-                self.log.warning(f"the checkpoint was written with PyTorch {resume.torch}, this is {torch.__version__}")
-        self.tracker.start(spec.wandb, self.dir, _run_name(spec), {**spec.record_args(), "hparams": spec.hparams})
-        seed_everything(spec.seed)
-        return resume
-
-    def write_record(self, record: dict[str, Any], step: int) -> None:
-        """Append ``record`` to ``results.jsonl`` and send it to the tracker (without
-        ``hparams`` and ``args``) at ``step``."""
-        append_record(self.dir, record)
-        self.tracker.log({k: v for k, v in record.items() if k not in ("hparams", "args")}, step)
-
-
 def _train(
     spec: JobSpec, job_dir: Path, log: logging.Logger, stop: ckpt.StopSignals, tracker: Tracker
 ) -> None:
-    from sage_bench.run import dg, mtl
-
     _describe(spec, log)
     (job_dir / JOB_FILE).write_text(json.dumps(spec.record_args(), indent=2, sort_keys=True))
     job = Job(spec, job_dir, log, stop, tracker, ckpt.job_computation(spec.hparams, spec.record_args()))
-    algorithm = (mtl.train if spec.multi_task else dg.train)(job)
+    algorithm = training_loop(spec.task)(job)
     if spec.save_final_model:
         model = {"algorithm": algorithm.state_dict(), "args": spec.record_args(), "hparams": spec.hparams}
         torch.save(model, job_dir / MODEL_FILE)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from sage_bench.config import JobSpec
+from sage_bench.config import JobSpec, job_kind
 from sage_bench.sweep.plan import SweepJob
 
 _LOG_BYTES = 4096  # out.txt's header (environment, arguments, hyperparameters), launch.json, done
@@ -39,45 +39,22 @@ def format_bytes(n: float) -> str:
     raise AssertionError
 
 
-def _record_steps(spec: JobSpec) -> int:
-    """How many records a job writes: one per epoch (multi-task), or at every step ``s`` with
-    ``s % checkpoint_freq == 0`` and at the last step (counted, not listed: ``steps`` may be huge)."""
-    if spec.multi_task:
-        return spec.epochs
-    periodic = -(-spec.steps // spec.checkpoint_freq)  # 0, freq, 2 freq, ... below steps
-    return periodic + ((spec.steps - 1) % spec.checkpoint_freq != 0)
-
-
-def _record_values(spec: JobSpec) -> list[str]:
-    """The names of a record's values besides the loss and the timings: accuracies of every
-    environment's splits, or a multi-task job's metrics, task losses and ``delta_m``."""
-    from sage_bench.data import get_dataset_class
-
-    if spec.multi_task:
-        from sage_bench.mtl.metrics import metric_names
-
-        tasks = get_dataset_class(spec.dataset).TASKS
-        return [f"test_{k}" for t in tasks for k in [*metric_names(t), f"{t.name}_loss"]] + ["delta_m", "lr"]
-    n_envs = len(get_dataset_class(spec.dataset).ENVIRONMENTS)
-    return [f"env{i}_{s}_acc" for i in range(n_envs) for s in ("in", "out")]
-
-
 def kept_bytes(spec: JobSpec) -> int:
     """What a finished job keeps, final model aside (an upper estimate)."""
     a_float = 0.12345678901234567
     record = {
-        "step": spec.steps,
+        "step": job_kind(spec.task).last_step(spec),
         "epoch": a_float,
         "loss": a_float,
         "step_time": a_float,
         "mem_gb": a_float,
     }
     record.update({f"extra_{i}": a_float for i in range(_EXTRA_FLOATS)})
-    record.update({key: a_float for key in _record_values(spec)})
+    record.update({key: a_float for key in job_kind(spec.task).record_values(spec)})
     record.update({"hparams": spec.hparams, "args": spec.record_args()})
     record_bytes = len(json.dumps(record, sort_keys=True, default=str)) + 1
     args_bytes = len(json.dumps(spec.record_args(), indent=2, sort_keys=True, default=str))
-    n_records = _record_steps(spec)
+    n_records = job_kind(spec.task).record_count(spec)
     total = n_records * (record_bytes + _LOG_ROW_BYTES) + 2 * args_bytes + _LOG_BYTES
     if spec.wandb.get("mode", "off") != "off":
         total += _WANDB_BYTES
@@ -90,27 +67,7 @@ def _tensor_bytes(value: object) -> int:
 
 def model_bytes(spec: JobSpec) -> tuple[int, int]:
     """(weights, optimizer state) of the job's network, in bytes, measured on the meta device."""
-    from sage_bench.data import get_dataset_class
-    from sage_bench.models import build_network
-
-    if spec.multi_task:
-        from sage_bench.models.mtan import mtan
-
-        with torch.device("meta"):
-            network = mtan(get_dataset_class(spec.dataset).TASKS, spec.backbone_options["width"])
-        return _sizes(network, spec)
-    dataset = get_dataset_class(spec.dataset)(
-        str(spec.data_dir), spec.test_envs, spec.hparams, **spec.dataset_options
-    )
-    with torch.device("meta"):
-        network = build_network(
-            spec.backbone,
-            dataset.input_shape,
-            dataset.num_classes,
-            spec.hparams,
-            **spec.backbone_options,
-        )
-    return _sizes(network, spec)
+    return _sizes(job_kind(spec.task).meta_network(spec), spec)
 
 
 def _sizes(network: torch.nn.Module, spec: JobSpec) -> tuple[int, int]:

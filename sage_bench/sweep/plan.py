@@ -7,10 +7,10 @@ runs (only ``device`` and ``data_dir`` are resolved on the machine that runs it)
 is ``job.spec.job_dir`` everywhere. A bad name or value anywhere in the grid stops the planning
 before anything is launched.
 
-A multi-task data set has no test environments: each of its jobs is planned once per grid point
-and seeds (``test_envs`` must be left at ``single``). A row trained as one network per task
-(``MultiTaskAlgorithm.per_task_hparam``: STL's ``task``) is planned once per task of the data
-set, unless the overrides set that hyperparameter.
+How a data set's jobs multiply beyond the grid is its kind's (``JobKind.sweep_variants``,
+``sage_bench.config.kinds``): a domain-generalization data set once per test-environment set; a
+multi-task one, which has no test environments, once per grid point and seeds (``test_envs``
+left at ``single``), and a row trained as one network per task (STL) once per task.
 """
 
 from __future__ import annotations
@@ -22,14 +22,15 @@ import shlex
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
 
-from sage_bench.config import JobSpec, compose_job_config, job_from_config
-from sage_bench.data import get_dataset_class
-from sage_bench.data.catalog import MULTITASK_TASKS
+from sage_bench.config import JobSpec, compose_job_config, dataset_kind, job_from_config
+from sage_bench.config.dg import all_test_env_combinations, test_env_sets
+from sage_bench.config.kind import TEST_ENV_MODES
 from sage_bench.errors import ConfigError
 
 # Keys a sweep sets itself; the message says which option sets them instead.
@@ -41,34 +42,6 @@ _AXIS_OPTIONS = {
     "trial_seed": "--n-trials",
     "output_dir": "--output-dir",
 }
-
-TEST_ENV_MODES = ("single", "all")
-
-
-def all_test_env_combinations(n_envs: int) -> list[list[int]]:
-    """Every single test environment and every pair, in DomainBed's order:
-    ``[0], [0, 1], [0, 2], ..., [1], [1, 2], ...``. Leave-one-domain-out model selection needs
-    the pairs (it validates on the second environment of each)."""
-    combinations = []
-    for i in range(n_envs):
-        combinations.append([i])
-        combinations.extend([i, j] for j in range(i + 1, n_envs))
-    return combinations
-
-
-def test_env_sets(choice: str | Sequence[Sequence[int]], n_envs: int) -> list[list[int]]:
-    """The test-environment lists of one data set: ``"single"`` (each environment alone),
-    ``"all"`` (``all_test_env_combinations``) or the given lists."""
-    if choice == "single":
-        return [[i] for i in range(n_envs)]
-    if choice == "all":  # a pair of a 2-environment data set would leave nothing to train on
-        return [envs for envs in all_test_env_combinations(n_envs) if len(envs) < n_envs]
-    if isinstance(choice, str):
-        raise ConfigError(
-            f"bad test environments {choice!r}; valid: {', '.join(TEST_ENV_MODES)} or lists like 0,1"
-        )
-    return [list(envs) for envs in choice]
-
 
 def expand_grid(overrides: Sequence[str]) -> list[list[str]]:
     """Every combination of the values of Hydra sweep overrides, in order.
@@ -105,6 +78,13 @@ def hydra_string(value: str) -> str:
     return "'" + value.replace("'", "\\'") + "'"
 
 
+def _override_value(value: Any) -> str:
+    """A per-job key's value as an override: a list as ``[0,1]``."""
+    if isinstance(value, (list, tuple)):
+        return f"[{','.join(map(str, value))}]"
+    return str(value)
+
+
 def _parse(overrides: Sequence[str]) -> list[Override]:
     try:
         return OverridesParser.create().parse_overrides(list(overrides))
@@ -138,8 +118,7 @@ class SweepJob:
         return " ".join(
             [
                 s.dataset,
-                s.algorithm,
-                *([] if s.multi_task else [f"test_envs={s.test_envs}"]),
+                s.algorithm + s.settings.describe(),
                 f"hparams_seed={s.hparams_seed}",
                 f"trial_seed={s.trial_seed}",
                 *self.swept,
@@ -177,29 +156,14 @@ class Sweep:
         output_dir = Path(self.output_dir).resolve()
         jobs: dict[Path, SweepJob] = {}
         for dataset in self.datasets:
-            multi_task = dataset in MULTITASK_TASKS
-            if multi_task and self.test_envs not in TEST_ENV_MODES:
-                raise ConfigError(f"{dataset} is a multi-task data set and has no test environments; leave --test-envs out")
-            cls = get_dataset_class(dataset)
-            env_sets = [None] if multi_task else test_env_sets(self.test_envs, len(cls.ENVIRONMENTS))
+            kind = dataset_kind(dataset)
             for algorithm, point in itertools.product(self.algorithms, grid):
                 swept = tuple(o for o in point if _parse([o])[0].key_or_group in swept_keys)
-                for extra in self._per_task(dataset, algorithm, point) if multi_task else [[]]:
-                    for job in self._jobs_of(dataset, algorithm, [*point, *extra], (*swept, *extra), env_sets, output_dir):
+                extras, per_job = kind.sweep_variants(dataset, algorithm, point, self.test_envs)
+                for extra in extras:
+                    for job in self._jobs_of(dataset, algorithm, [*point, *extra], (*swept, *extra), per_job, output_dir):
                         jobs.setdefault(job.job_dir, job)
         return list(jobs.values())
-
-    @staticmethod
-    def _per_task(dataset: str, algorithm: str, point: list[str]) -> list[list[str]]:
-        """``[[]]``, or one ``hparams.<name>=<task>`` per task of the data set for a row trained
-        as one network per task (``per_task_hparam``) whose hyperparameter the point leaves open."""
-        from sage_bench.algorithms.registry import algorithms
-
-        registered = algorithms().get(algorithm)
-        name = getattr(registered.cls, "per_task_hparam", None) if registered is not None else None
-        if name is None or f"hparams.{name}" in _override_keys(point):
-            return [[]]
-        return [[f"hparams.{name}={task}"] for task, _ in MULTITASK_TASKS[dataset]]
 
     def _jobs_of(
         self,
@@ -207,7 +171,7 @@ class Sweep:
         algorithm: str,
         point: list[str],
         swept: tuple[str, ...],
-        env_sets: list[list[int] | None],
+        per_job: list[dict[str, Any]],
         output_dir: Path,
     ) -> Iterator[SweepJob]:
         given = _override_keys(point)
@@ -222,20 +186,23 @@ class Sweep:
         if re.fullmatch(r"cuda(:\d+)?", str(base.device)):
             # validate here, without a GPU; the job resolves its device where it runs
             base.device = "cpu"
-        for test_envs, hparams_seed, trial_seed in itertools.product(
-            env_sets, self.hparams_seeds, self.trial_seeds
-        ):
+        for keys, hparams_seed, trial_seed in itertools.product(per_job, self.hparams_seeds, self.trial_seeds):
             cfg = copy.deepcopy(base)
-            if test_envs is not None:  # None: a multi-task data set
-                cfg.test_envs = test_envs
+            for key, value in keys.items():  # the kind's per-job keys (test_envs)
+                cfg[key] = value
             cfg.hparams_seed = hparams_seed
             cfg.trial_seed = trial_seed
             overrides = (
                 f"dataset={dataset}",
                 f"algorithm={algorithm}",
-                *([] if test_envs is None else [f"test_envs=[{','.join(map(str, test_envs))}]"]),
+                *(f"{key}={_override_value(value)}" for key, value in keys.items()),
                 f"hparams_seed={hparams_seed}",
                 f"trial_seed={trial_seed}",
                 *tail,
             )
             yield SweepJob(overrides, job_from_config(cfg), swept)
+
+
+__all__ = [
+    "TEST_ENV_MODES", "Sweep", "SweepJob", "all_test_env_combinations", "expand_grid", "hydra_string", "test_env_sets",
+]  # fmt: skip
