@@ -218,7 +218,7 @@ def test_bad_multitask_records_are_skipped_with_a_reason(tmp_path):
         f.write(json.dumps(bad) + "\n")
     with pytest.warns(UserWarning, match="no epoch number"):
         collection = find_runs(tmp_path)
-    assert collection.skipped_records == 1 and len(collection.multitask_records) == 2
+    assert collection.skipped_records == 1 and len(collection.records_of("multi_task")) == 2
 
 
 def write_dg_run(folder: Path) -> None:

@@ -10,19 +10,15 @@ with the most records is kept (the first found on a tie).
 from __future__ import annotations
 
 import json
-import math
 import os
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
-from numbers import Real
 from pathlib import Path
 
-from sage_bench.collect import mtl
-from sage_bench.collect.selection import varying_settings
-from sage_bench.records import DONE_FILE, RESULTS_FILE, BadLine, iter_numbered_records
-
-REQUIRED_ARGS = ("dataset", "algorithm", "test_envs", "trial_seed", "hparams_seed")
+from sage_bench.collect.dg import bf16_perturbation_runs, mixed_settings
+from sage_bench.collect.kinds import collector, record_problem
+from sage_bench.records import DONE_FILE, RESULTS_FILE, BadLine, iter_numbered_records, record_task
 
 
 @dataclass
@@ -55,15 +51,9 @@ class Collection:
     def n_incomplete(self) -> int:
         return sum(not run.done for run in self.runs)
 
-    @property
-    def dg_records(self) -> list[dict]:
-        """The records of domain-generalization runs (model selection's)."""
-        return [r for r in self.records if not mtl.is_multitask(r)]
-
-    @property
-    def multitask_records(self) -> list[dict]:
-        """The records of multi-task runs (``args.task == "multi_task"``: Table 2's)."""
-        return [r for r in self.records if mtl.is_multitask(r)]
+    def records_of(self, task: str) -> list[dict]:
+        """The records of the runs of one kind (``args.task``, ``sage_bench.kinds``)."""
+        return [r for r in self.records if record_task(r) == task]
 
     def completed(self) -> Collection:
         """Only the runs that finished."""
@@ -77,54 +67,6 @@ class Collection:
         if self.duplicates:
             text += f"; {len(self.duplicates)} copies of runs left out"
         return text
-
-
-def _is_accuracy(value) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def record_problem(record: dict) -> str | None:
-    """Why a record cannot be used for model selection, or ``None`` when it can.
-
-    A usable record has ``step``, DomainBed's ``args`` keys (``dataset``, ``algorithm``,
-    ``test_envs``, ``trial_seed``, ``hparams_seed``), and finite ``env{i}_in_acc`` and
-    ``env{i}_out_acc`` for environments ``0 .. n-1`` (``n`` counted as DomainBed counts it: up to
-    the first missing ``env{i}_out_acc``), every test environment among them. Records of
-    ``eval_splits=selection`` runs have no in-split accuracy of their training environments,
-    which no selection method reads. A multi-task record is checked by
-    ``sage_bench.collect.mtl.record_problem`` instead.
-    """
-    if mtl.is_multitask(record):
-        return mtl.record_problem(record)
-    args = record.get("args")
-    if not isinstance(args, dict):
-        return "no args"
-    missing = [k for k in REQUIRED_ARGS if k not in args]
-    if missing:
-        return f"args without {', '.join(missing)}"
-    for key in ("trial_seed", "hparams_seed"):
-        if not isinstance(args[key], int) or isinstance(args[key], bool):
-            return f"args.{key} is not an integer: {args[key]!r}"
-    if not isinstance(record.get("step"), Real) or isinstance(record.get("step"), bool):
-        return "no step number"
-    test_envs = args["test_envs"]
-    if not isinstance(test_envs, list) or not test_envs or not all(isinstance(e, int) for e in test_envs):
-        return f"test_envs is not a list of environment indices: {test_envs!r}"
-    n = 0
-    while f"env{n}_out_acc" in record:
-        n += 1
-    if n == 0:
-        return "no env0_out_acc"
-    selection_only = args.get("eval_splits") == "selection"  # training in-splits not evaluated
-    for i in range(n):
-        for split in ("in", "out"):
-            if split == "in" and selection_only and i not in test_envs and f"env{i}_in_acc" not in record:
-                continue
-            if not _is_accuracy(record.get(f"env{i}_{split}_acc")):
-                return f"env{i}_{split}_acc is missing or not a finite number"
-    if max(test_envs) >= n or min(test_envs) < 0:
-        return f"test_envs {test_envs} outside the {n} environments of the record"
-    return None
 
 
 def find_runs(*folders: str | os.PathLike) -> Collection:
@@ -203,48 +145,6 @@ def _leave_out_copies(collection: Collection) -> None:
     )
 
 
-def mixed_settings(records: list[dict]) -> list[str]:
-    """A note for each (data set, algorithm) whose runs differ in a setting that DomainBed's
-    grouping ignores (``selection.SETTING_ARGS``): each setting becomes a row of its own, named
-    after the differing values (``selection.row_names``), instead of being selected among as if
-    the runs were one sweep."""
-    return [
-        f"{dataset} / {algorithm}: runs differ in "
-        + "; ".join(f"{key} ({', '.join(values)})" for key, values in varying.items())
-        + ": each is a row of its own, named after these values"
-        for (dataset, algorithm), varying in varying_settings(records).items()
-    ]
-
-
-def bf16_perturbation_runs(records: list[dict]) -> list[str]:
-    """Warnings for runs of algorithms that perturb weights (the SAM family, SAGE) trained on
-    CUDA under bf16 autocast, the default before ``precision.*`` existed (their records carry
-    ``args.autocast == "bf16"``): the forward pass rounded most of their perturbation away, so
-    they did not compute their published update (see ``sage_bench.precision``)."""
-    old_cuda_bf16 = [
-        r for r in records
-        if r["args"].get("autocast") == "bf16" and str(r["args"].get("device", "")).startswith("cuda")
-    ]  # fmt: skip
-    if not old_cuda_bf16:  # the registry imports torch: only for records that need it
-        return []
-    from sage_bench.algorithms.registry import algorithms
-
-    registered = algorithms()
-    runs: dict[str, set[str]] = defaultdict(set)
-    for r in old_cuda_bf16:
-        args = r["args"]
-        name = args["algorithm"]
-        if name in registered and registered[name].cls.perturbs_weights:
-            runs[name].add(str(args.get("output_dir") or args.get("job_id")))
-    return [
-        f"{algorithm}: {len(folders)} run(s) trained on CUDA under bf16 autocast (records with "
-        "autocast: bf16), where the forward pass loses most of the weight perturbation; they are not "
-        f"{algorithm}'s published update. Train them again into a new output_dir (the default now "
-        "computes them in float32), or delete their folders first"
-        for algorithm, folders in sorted(runs.items())
-    ]
-
-
 PERTURBATION_ERROR_WARNING = 0.05  # as sage_bench.algorithms.perturbation.ERROR_WARNING (no torch here)
 
 
@@ -267,3 +167,9 @@ def inexact_perturbation_runs(records: list[dict]) -> list[str]:
         "computed to within that of a reference; run them with perturbation=difference precision.train=fp32"
         for algorithm, folders in sorted(runs.items())
     ]
+
+
+__all__ = [
+    "Collection", "Run", "bf16_perturbation_runs", "collector", "find_runs", "inexact_perturbation_runs",
+    "mixed_settings", "record_problem",
+]  # fmt: skip

@@ -61,14 +61,10 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sage_bench.collect import find_runs, render
-    from sage_bench.collect.loading import (
-        bf16_perturbation_runs,
-        inexact_perturbation_runs,
-        mixed_settings,
-    )
+    from sage_bench.collect import find_runs
+    from sage_bench.collect.kinds import COLLECTORS, CollectOptions
+    from sage_bench.collect.loading import inexact_perturbation_runs
     from sage_bench.errors import UserError
-    from sage_bench.records import DOMAIN_GENERALIZATION, MULTI_TASK
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -91,47 +87,43 @@ def run(args: argparse.Namespace) -> int:
         if args.completed_only:
             raise UserError(f"no finished run with records under {where}; drop --completed-only to include unfinished runs")
         raise UserError(f"no usable records under {where}: the results files are empty or unreadable (see the warnings)")
-    dg_records, multitask_records = collection.dg_records, collection.multitask_records
-    per_kind = bool(dg_records and multitask_records and args.format in ("csv", "json"))
+    # each kind of run present, in the table's order, with its records
+    present = [(c, part) for c in COLLECTORS.values() if (part := collection.records_of(c.kind.task))]
+    per_kind = len(present) > 1 and args.format in ("csv", "json")
     if per_kind and not args.output:
+        kinds = " and ".join(c.kind.adjective for c, _ in present)
+        files = " and ".join(f"FILE.{c.kind.task}.{args.format}" for c, _ in present)
         raise UserError(
-            f"the folders hold domain-generalization and multi-task runs, whose {args.format} rows have different "
-            f"columns: give --output FILE.{args.format}, which writes one file per kind "
-            f"(FILE.{DOMAIN_GENERALIZATION}.{args.format} and FILE.{MULTI_TASK}.{args.format})"
+            f"the folders hold {kinds} runs, whose {args.format} rows have different "
+            f"columns: give --output FILE.{args.format}, which writes one file per kind ({files})"
         )
     inexact = inexact_perturbation_runs(records)
-    for message in [*mixed_settings(dg_records), *bf16_perturbation_runs(dg_records), *inexact]:
+    for message in [*(m for c, part in present for m in c.warnings(part)), *inexact]:
         print(f"warning: {message}", file=sys.stderr)
+    options = CollectOptions(args.selection, args.format, args.compare_paper, args.include_unfinished)
     parts = []
-    if dg_records:
-        parts.append(render(dg_records, args.selection, args.format, args.compare_paper))
-    if multitask_records:
-        from sage_bench.collect import mtl
-
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            parts.append(
-                mtl.render(multitask_records, args.format, args.compare_paper, include_unfinished=args.include_unfinished)
-            )
-        for w in caught:
-            print(f"warning: {w.message}", file=sys.stderr)
+    for c, part in present:
+        text, messages = c.render(part, options)
+        parts.append(text)
+        for message in messages:
+            print(f"warning: {message}", file=sys.stderr)
     if per_kind:  # csv, json: one file per kind, each with the columns of that kind alone
         output = Path(args.output)
-        for kind, part in zip((DOMAIN_GENERALIZATION, MULTI_TASK), parts, strict=True):
-            path = output.with_name(f"{output.stem}.{kind}{output.suffix}")
-            _write(path, part)
+        for (c, _), text in zip(present, parts, strict=True):
+            path = output.with_name(f"{output.stem}.{c.kind.task}{output.suffix}")
+            _write(path, text)
             print(f"wrote {path}", file=sys.stderr)
     elif args.output:
         _write(Path(args.output), "\n".join(parts))
     else:
         sys.stdout.write("\n".join(parts))
-    if args.plots and dg_records:
-        from sage_bench.collect.plots import write_figures
-
-        for path in write_figures(dg_records, args.plots, args.selection if args.selection != "all" else "training-domain"):
-            print(f"wrote {path}", file=sys.stderr)
-    if args.plots and multitask_records:
-        print("--plots: no figures for multi-task runs (their tables only)", file=sys.stderr)
+    if args.plots:
+        for c, part in present:
+            if c.figures is None:
+                print(f"--plots: no figures for {c.kind.label} runs (their tables only)", file=sys.stderr)
+                continue
+            for path in c.figures(part, args.plots, args.selection):
+                print(f"wrote {path}", file=sys.stderr)
     return 0
 
 

@@ -1,11 +1,9 @@
-"""One-command reproductions: the paper's Table 1 (``table1``) and the whole pipeline on the
-embedded digits in a few CPU minutes (``quick``). Both plan a sweep, run what is missing (so
-running the same command again continues), select models with training-domain validation, and
-write the tables and figures."""
+"""``sage-bench reproduce table1``: the paper's Table 1. Plans the sweep, says what it costs, runs
+what is missing (running the same command again continues), selects models with
+training-domain validation, and writes the tables and figures."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +12,8 @@ from sage_bench.collect import find_runs, render, write_figures
 from sage_bench.collect.tables import TABLE1_DATASETS
 from sage_bench.data import get_dataset_class
 from sage_bench.errors import UserError
+from sage_bench.reproduce.launch import launch_until_done
 from sage_bench.sweep.plan import Sweep, SweepJob
-from sage_bench.sweep.state import DONE, format_status, sweep_states
 
 TABLE1_ALGORITHMS = ["ERM", "SAM", "GSAM", "SAGM", "DISAM", "SAGE"]
 SELECTION = "training-domain"
@@ -310,111 +308,7 @@ def reproduce_table1(
     return code
 
 
-def launch_until_done(
-    sweep: Sweep, jobs: list[SweepJob], launcher_overrides: Sequence[str], table: str
-) -> tuple[int, bool]:
-    """Launch the jobs of ``sweep`` that are missing; the launcher's exit code and whether every
-    job is done (if not, their states are printed with how to continue)."""
-    from sage_bench.sweep.launch import launch_sweep
-
-    code = launch_sweep(sweep, launcher_overrides)
-    states = sweep_states(jobs)
-    if any(states[job.job_dir] != DONE for job in jobs):
-        print(format_status(jobs, states))
-        print(f"{table} needs every job; run this command again to continue and collect.")
-        return code, False
-    return code, True
-
-
-# ---------------------------------------------------------------------------------------------
-# Quick: the embedded default end to end on a CPU
-
-
-QUICK_STEPS = 200
-QUICK_OVERRIDES = (f"steps={QUICK_STEPS}", "checkpoint_freq=50", "hparams.batch_size=32", "device=cpu", "progress=false")
-# the quick sweep at this length, over 3 trials, is close to converged (docs/getting-started.md)
-CONVERGED_STEPS = 600
-CONVERGED_TRIALS = 3
-
-
-def quick_sweep(output_dir: Path, dataset: str = "RotatedDigits", overrides: Sequence[str] = QUICK_OVERRIDES,
-                algorithms: Sequence[str] = TABLE1_ALGORITHMS, trials: int = 1) -> Sweep:  # fmt: skip
-    """The algorithms (default: the paper's six) on an embedded data set, every environment
-    held out in turn, ``trials`` trials, default hyperparameters, a short schedule."""
-    return Sweep(
-        output_dir=output_dir,
-        datasets=[dataset],
-        algorithms=list(algorithms),
-        test_envs="single",
-        hparams_seeds=range(1),
-        trial_seeds=range(trials),
-        overrides=list(overrides),
-        name="quick",
-    )
-
-
-def quick_caveat(steps: int, trials: int) -> str | None:
-    """What a reader of the quick table must know, or ``None`` for the converged variant."""
-    short = steps < CONVERGED_STEPS
-    few = trials < CONVERGED_TRIALS
-    if not (short or few):
-        return None
-    what = ", ".join(
-        part
-        for part in (
-            ("one trial" if trials == 1 else f"{trials} trials") if few else "",
-            f"not converged ({steps} steps)" if short else "",
-        )
-        if part
-    )
-    return (
-        f"{what}: a smoke test of the pipeline, not a comparison of the algorithms "
-        f"(--trials {CONVERGED_TRIALS} --steps {CONVERGED_STEPS} for one)"
-    )
-
-
-def run_here(jobs: Sequence[SweepJob], where: Path, workers: int | None = None) -> None:
-    """Run the jobs that are not done in ``workers`` processes on this machine (one per core by
-    default, ``sage_bench.sweep.pool``), with a progress bar; a failed job is a ``UserError``."""
-    from tqdm.auto import tqdm
-
-    from sage_bench.sweep.pool import available_cores, run_jobs_in_processes
-
-    states = sweep_states(jobs)
-    todo = [job.spec for job in jobs if states[job.job_dir] != DONE]
-    workers = min(workers or available_cores(), max(1, len(todo)))
-    print(f"{len(jobs)} jobs ({len(jobs) - len(todo)} already done) in {where}, {workers} at a time")
-    with tqdm(total=len(todo), desc="jobs", dynamic_ncols=True) as bar:
-        outcome = run_jobs_in_processes(todo, workers, on_done=lambda spec: bar.update())
-    if outcome.failed:
-        lines = [f"  {spec.job_dir}: {type(error).__name__}: {error}" for spec, error in outcome.failed]
-        raise UserError(f"{len(outcome.failed)} quick job(s) failed (err.txt in each folder):\n" + "\n".join(lines))
-
-
-def reproduce_quick(
-    results_dir: Path = Path("results/quick"),
-    dataset: str = "RotatedDigits",
-    overrides: Sequence[str] = QUICK_OVERRIDES,
-    algorithms: Sequence[str] = TABLE1_ALGORITHMS,
-    trials: int = 1,
-    workers: int | None = None,
-) -> str:
-    """Run the quick sweep (finished jobs are skipped) in ``workers`` processes, one per core by
-    default (``sage_bench.sweep.pool``), then write ``table.md``, ``table.csv`` and figures into
-    ``results_dir`` and return the text table, with its caveat under it."""
-    start = time.time()
-    sweep = quick_sweep(results_dir / "runs", dataset, overrides, algorithms, trials)
-    jobs = sweep.jobs()
-    run_here(jobs, results_dir / "runs", workers)
-    collection = find_runs(results_dir / "runs").completed()
-    if not collection.records:
-        raise UserError(f"no finished runs in {results_dir / 'runs'}")
-    text = write_tables(collection.records, results_dir, compare_paper=False)
-    caveat = quick_caveat(min(job.spec.settings.steps for job in jobs), trials)
-    if caveat:
-        text += f"\nNote: {caveat}.\n"
-        with open(results_dir / "table.md", "a", encoding="utf-8") as f:
-            f.write(f"\n**Note:** {caveat}.\n")
-    print(text)
-    print(f"wrote {results_dir}/table.md, table.csv and figures in {time.time() - start:.0f} s")
-    return text
+__all__ = [
+    "MIXED_PRECISION", "SELECTION", "TABLE1_ALGORITHMS", "CostModel", "cached_datasets", "describe_plan",
+    "reproduce_table1", "resolve_algorithms", "table1_sweep", "write_tables",
+]  # fmt: skip

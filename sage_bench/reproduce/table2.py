@@ -1,13 +1,10 @@
-"""One-command reproductions of the multi-task half: the paper's Table 2 (``table2``: NYU-v2 and
-Cityscapes, every registered multi-task row, 3 seeds, the paper's protocol) and the same rows on
-the embedded DigitScenes in minutes on a CPU (``quick-mtl``). Both plan a sweep
-(``sage_bench.sweep``), run what is missing (running the same command again continues) and
-print Table 2's layout (``sage_bench.collect.mtl``)."""
+"""``sage-bench reproduce table2``: the paper's Table 2 (NYU-v2 and Cityscapes, every registered
+multi-task row, 3 seeds, the paper's protocol). Plans a sweep (``sage_bench.sweep``), runs what
+is missing (running the same command again continues) and prints Table 2's layout
+(``sage_bench.collect.mtl``)."""
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -16,9 +13,9 @@ from pathlib import Path
 from sage_bench.collect import find_runs
 from sage_bench.collect import mtl as collect_mtl
 from sage_bench.data import get_dataset_class
-from sage_bench.data.catalog import MULTITASK_TASKS
 from sage_bench.errors import UserError
-from sage_bench.reproduce.table1 import launch_until_done, run_here
+from sage_bench.records import MULTI_TASK
+from sage_bench.reproduce.launch import launch_until_done
 from sage_bench.sweep.plan import Sweep, SweepJob
 
 TABLE2_DATASETS = ("NYUv2", "Cityscapes")
@@ -182,74 +179,13 @@ def reproduce_table2(
     code, done = launch_until_done(sweep, jobs, launcher_overrides, "Table 2")
     if not done:
         return code
-    records = find_runs(output_dir).completed().multitask_records
+    records = find_runs(output_dir).completed().records_of(MULTI_TASK)
     print(write_table2(records, results_dir, compare_paper=True))
     print(f"wrote {results_dir}/table.md and table.csv")
     return code
 
 
-# ---------------------------------------------------------------------------------------------
-# Quick: every multi-task row on DigitScenes on a CPU
-
-QUICK_EPOCHS = 1  # of DigitScenes' 512 scenes: 64 steps of 8
-QUICK_TRIALS = 3
-
-
-def quick_mtl_sweep(output_dir: Path, dataset: str = "DigitScenes", epochs: int = QUICK_EPOCHS,
-                    algorithms: Sequence[str] | None = None, trials: int = QUICK_TRIALS,
-                    overrides: Sequence[str] = ()) -> Sweep:  # fmt: skip
-    """The multi-task rows (default: every registered one, the ``Constant`` floor included) on an
-    embedded multi-task data set, ``trials`` seeds, default hyperparameters, ``epochs`` epochs,
-    on the CPU (``overrides``: of every job)."""
-    if dataset not in MULTITASK_TASKS:
-        raise UserError(f"quick-mtl runs on a multi-task data set, not {dataset!r}; valid choices: DigitScenes, DigitScenes2")
-    return Sweep(
-        output_dir=output_dir,
-        datasets=[dataset],
-        algorithms=table2_algorithms(algorithms),
-        hparams_seeds=range(1),
-        trial_seeds=range(trials),
-        overrides=[f"epochs={epochs}", "device=cpu", "progress=false", *overrides],
-        name="quick_mtl",
-    )
-
-
-def quick_mtl_caveat(epochs: int, trials: int, steps: int) -> str:
-    """What a reader of the quick table must know: its budget, and how far its numbers carry."""
-    seeds = "one seed: no spread" if trials == 1 else f"{trials} seeds, mean ± standard deviation"
-    return (
-        f"{seeds}; {epochs} epoch{'s' if epochs > 1 else ''} ({steps} steps) of a narrow MTAN on 32 x 32 scenes. "
-        "Rows closer than their spread are not told apart; a row no better than Constant (the floor) on a task "
-        "has not learnt that task at this budget"
-    )
-
-
-def reproduce_quick_mtl(
-    results_dir: Path = Path("results/quick_mtl"),
-    dataset: str = "DigitScenes",
-    epochs: int = QUICK_EPOCHS,
-    algorithms: Sequence[str] | None = None,
-    trials: int = QUICK_TRIALS,
-    workers: int | None = None,
-    overrides: Sequence[str] = (),
-) -> str:
-    """Run the quick multi-task sweep here (finished jobs are skipped), then write ``table.md``
-    and ``table.csv`` into ``results_dir`` and return the text table with its caveat."""
-    start = time.time()
-    jobs = quick_mtl_sweep(results_dir / "runs", dataset, epochs, algorithms, trials, overrides).jobs()
-    run_here(jobs, results_dir / "runs", workers)
-    records = find_runs(results_dir / "runs").completed().multitask_records
-    if not records:
-        raise UserError(f"no finished runs in {results_dir / 'runs'}")
-    text = write_table2(records, results_dir, compare_paper=False)
-    from sage_bench.run.mtl import build_dataset
-
-    spec = jobs[0].spec
-    steps = epochs * math.ceil(len(build_dataset(spec).train) / spec.hparams["batch_size"])
-    caveat = quick_mtl_caveat(epochs, trials, steps)
-    text += f"\nNote: {caveat}.\n"
-    with open(results_dir / "table.md", "a", encoding="utf-8") as f:
-        f.write(f"\n**Note:** {caveat}.\n")
-    print(text)
-    print(f"wrote {results_dir}/table.md and table.csv in {time.time() - start:.0f} s")
-    return text
+__all__ = [
+    "TABLE2_DATASETS", "MultiTaskCostModel", "describe_row_hparams", "describe_table2_plan", "forward_gflop",
+    "reproduce_table2", "table2_algorithms", "table2_sweep", "write_table2",
+]  # fmt: skip
