@@ -28,7 +28,6 @@ from sage_bench.records import DOMAIN_GENERALIZATION, MULTI_TASK, TASKS
 
 if TYPE_CHECKING:
     from sage_bench.algorithms.base import Algorithm
-    from sage_bench.algorithms.multitask import MultiTaskAlgorithm
 
 ENTRY_POINT_GROUP = "sage_bench.algorithms"
 
@@ -46,7 +45,9 @@ class RegisteredAlgorithm:
     (``DOMAIN_GENERALIZATION``: an ``Algorithm``; ``MULTI_TASK``: a ``MultiTaskAlgorithm``)."""
 
     name: str
-    cls: type[Algorithm] | type[MultiTaskAlgorithm]
+    # an Algorithm or a MultiTaskAlgorithm subclass: the registry imports no module that registers
+    # into it (sage_bench.algorithms.multitask does), not even for its types
+    cls: type
     space: Space
     task: str = DOMAIN_GENERALIZATION
 
