@@ -2,9 +2,9 @@
 
 The core is what every job has (data set, backbone, algorithm, optimizer, seeds,
 hyperparameters, where it runs, how it computes); ``settings`` is the kind's own dataclass
-(``sage_bench.config.dg.DGSettings``: steps, test environments, holdout; ``sage_bench.config.mtl
-.MultiTaskSettings``: epochs, learning-rate schedule), which adds its keys to the job's identity
-and to its records' ``args``. The spec never asks which kind it is: the settings answer.
+(``sage_bench.config.dg.DGSettings``: steps, test environments, holdout;
+``sage_bench.config.mtl.MultiTaskSettings``: epochs, learning-rate schedule), which adds its keys
+to the job's identity and to its records' ``args``. The spec never asks which kind it is: the settings answer.
 """
 
 from __future__ import annotations
