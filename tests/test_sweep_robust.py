@@ -243,14 +243,14 @@ def test_a_full_disk_leaves_no_temporary_file_and_status_says_why(tmp_path, monk
 
 
 def test_a_full_disk_elsewhere_than_the_checkpoint_is_named_too(tmp_path, monkeypatch):
-    from sage_bench.run import train
+    from sage_bench.run import job as job_shell  # Job.write_record appends the records
 
     (job,) = Sweep(tmp_path, ["RotatedDigits"], ["ERM"], [[0]], [0], [0], SHORT).jobs()
 
     def append_record(job_dir, record):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(train, "append_record", append_record)
+    monkeypatch.setattr(job_shell, "append_record", append_record)
     with pytest.raises(OSError):
         run_job(job.spec, console=False)
     assert (
