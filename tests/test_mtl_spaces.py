@@ -7,9 +7,7 @@ import inspect
 import numpy as np
 import pytest
 
-from sage_bench.aggregators import AGGREGATORS
-from sage_bench.aggregators.sources import SOURCE_MAX_NORM
-from sage_bench.aggregators.spaces import METHOD_SPACES
+from sage_bench.aggregators import AGGREGATORS, METHOD_SPACES, SOURCE_MAX_NORM
 from sage_bench.aggregators.weighting import LOSS_WEIGHTINGS
 
 

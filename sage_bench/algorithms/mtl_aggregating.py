@@ -1,16 +1,10 @@
-"""Table 2's gradient-aggregating rows: PCGrad, GradDrop, IMTL-G, CAGrad, MoCo and Nash-MTL.
+"""F-MTL (Phan et al., ICCV 2025): SAM per task around the lineage's solvers.
 
-Each is a ``GradientAggregation`` (``sage_bench.algorithms.multitask``): one forward, ``K``
-backward passes, the aggregator of ``sage_bench.aggregators`` on the ``K x P`` matrix of the
-tasks' shared gradients (its docstring gives the authors' rule, scale factor and numerical
-behaviour), the heads weighted as the authors' code weights them, the shared gradient clipped
-where the source repository clips it, an optimizer step.
-
-Clipping (``max_norm``, 0 = none) defaults to what the repository behind the data set's Table 2
-row did (``sage_bench.aggregators.sources``): on NYUv2 nash-mtl's code, which clips only
-Nash-MTL; on Cityscapes FAMO's, which clips PCGrad, GradDrop and CAGrad; on any other data set
-FAMO's too, the policy the FAMO, FairGrad and SAMO repositories share (the protocol the SAGE
-paper follows). LibMTL's MoCo never clips.
+The plain gradient-aggregating rows of Table 2 (LS, MGDA, FairGrad, PCGrad, GradDrop, IMTL-G,
+CAGrad, MoCo, Nash-MTL) are declared with their aggregators (``sage_bench.aggregators``: each
+module's ``register_aggregator(..., space=, clip=, row=)``) and registered as
+``GradientAggregation`` rows by ``sage_bench.algorithms.multitask`` (``AGGREGATING_ROWS``
+holds their classes by row name).
 
 Where the authors' code calls ``torch.autograd.grad(loss, shared_parameters)`` (PCGrad, IMTL-G,
 Nash-MTL) it raises on MTAN, whose task losses do not reach the other tasks' attention modules;
@@ -32,151 +26,15 @@ import torch
 from sage_bench.aggregators import aggregate
 from sage_bench.aggregators.gram import gram_matrix
 from sage_bench.aggregators.mgda import min_norm_weights
-from sage_bench.aggregators.nashmtl import _cvxpy as require_cvxpy
-from sage_bench.aggregators.sources import source_max_norm
-from sage_bench.aggregators.spaces import METHOD_SPACES
-from sage_bench.algorithms.multitask import GradientAggregation, MultiTaskAlgorithm
+from sage_bench.algorithms.multitask import (
+    MultiTaskAlgorithm,
+    python_random_state,
+    set_python_random_state,
+)
 from sage_bench.algorithms.perturbation import PerturbedGradient
 from sage_bench.algorithms.registry import MULTI_TASK, register_algorithm
 from sage_bench.algorithms.samo import SAMO, sam_scale
-from sage_bench.hparams import (
-    AT_LEAST_ONE,
-    NON_NEGATIVE,
-    POSITIVE,
-    HParam,
-    Range,
-    SpaceContext,
-    const,
-)
-
-# --------------------------------------------------------------------------------------------
-# Hyperparameter spaces
-
-
-def clip_source(dataset: str | None) -> str:
-    """The data set whose Table 2 source sets the default clip: NYUv2's (nash-mtl) for NYUv2,
-    Cityscapes' (FAMO) for every other."""
-    return "NYUv2" if dataset == "NYUv2" else "Cityscapes"
-
-
-def max_norm_space(method: str, context: SpaceContext) -> dict[str, HParam]:
-    """``max_norm``: where the source repository of the data set's row clips (0: no clip)."""
-    value = source_max_norm(method, clip_source(context.dataset))
-    meaning = "clip the shared gradient to this norm after aggregation (0: no clip); default: as the source repository"
-    return {"max_norm": HParam(value, const(value), meaning, range=NON_NEGATIVE)}
-
-
-def _with_ranges(method: str, context: SpaceContext, ranges: dict[str, Range]) -> dict[str, HParam]:
-    """``METHOD_SPACES[method]`` (defaults and samplers of the run scripts) with ranges."""
-    space = METHOD_SPACES[method](context.dataset)
-    return {name: HParam(s.default, s.sample, s.help, s.choices, ranges[name]) for name, s in space.items()}
-
-
-def _space(method: str, ranges: dict[str, Range] | None = None):
-    def space(context: SpaceContext) -> dict[str, HParam]:
-        return {**_with_ranges(method, context, ranges or {}), **max_norm_space(method, context)}
-
-    space.__name__ = f"{method}_space"
-    return space
-
-
-# --------------------------------------------------------------------------------------------
-# The rows
-
-
-class SourceAggregation(GradientAggregation):
-    """A ``GradientAggregation`` whose solver reads ``solver_keys`` from the hyperparameters and
-    whose clip is the ``max_norm`` hyperparameter."""
-
-    solver_keys: tuple[str, ...] = ()
-
-    def __init__(self, network, optimizer, hparams, loss_fn):
-        super().__init__(network, optimizer, hparams, loss_fn)
-        self.max_norm = self.hparams["max_norm"] or None
-
-    def solver_hparams(self) -> dict[str, Any]:
-        return {name: self.hparams[name] for name in self.solver_keys}
-
-
-@register_algorithm("PCGrad", space=_space("pcgrad"), task=MULTI_TASK)
-class PCGrad(SourceAggregation):
-    """PCGrad (nash-mtl / FAMO ``PCGrad``): the sum of the projected task gradients; heads get
-    the gradient of ``sum_k L_k``. Projection orders from the algorithm's ``random.Random``."""
-
-    solver = "pcgrad"
-
-    def __init__(self, network, optimizer, hparams, loss_fn):
-        super().__init__(network, optimizer, hparams, loss_fn)
-        # the aggregator shuffles with a random.Random, not a torch.Generator: seed one from the
-        # seed the base class drew
-        self.orders_rng = random.Random(self.solver_noise.seed)
-        self.solver_noise = None
-
-    def solve(self, grads, losses, **extra):
-        return super().solve(grads, losses, generator=self.orders_rng, **extra)
-
-    def get_extra_state(self) -> dict[str, Any]:
-        return {**super().get_extra_state(), "orders_rng": python_random_state(self.orders_rng)}
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        super().set_extra_state(state)
-        set_python_random_state(self.orders_rng, state["orders_rng"])
-
-
-@register_algorithm("GradDrop", space=_space("graddrop"), task=MULTI_TASK)
-class GradDrop(SourceAggregation):
-    """GradDrop (FAMO ``GradDrop``, CAGrad's ``graddrop``): ``K mean_k(g_k M_k)`` with the sign
-    dropout mask ``M``; heads weight 1. Uniform draws from the algorithm's ``torch.Generator``."""
-
-    solver = "graddrop"
-
-
-@register_algorithm("IMTL-G", space=_space("imtl"), task=MULTI_TASK)
-class IMTLG(SourceAggregation):
-    """IMTL-G (nash-mtl ``IMTLG``): ``sum_k alpha_k g_k`` with equal projections on the unit
-    gradients; head ``k`` weight ``alpha_k``."""
-
-    solver = "imtl"
-
-
-@register_algorithm("CAGrad", space=_space("cagrad", {"c": NON_NEGATIVE}), task=MULTI_TASK)
-class CAGrad(SourceAggregation):
-    """CAGrad (nash-mtl / FAMO ``CAGrad``, ``c`` 0.4): ``K (g_0 + cc g_w / ||g_w||) / (1 + c^2)``
-    with SciPy's SLSQP weights; heads weight 1."""
-
-    solver = "cagrad"
-    solver_keys = ("c",)
-
-
-# beta is the first step of the tracking variables y <- y - beta_t (y - g): above 1 it overshoots
-MOCO_RANGES = {"beta": Range(0.0, 1.0, low_open=True), "beta_sigma": NON_NEGATIVE, "gamma": POSITIVE, "gamma_sigma": NON_NEGATIVE, "rho": NON_NEGATIVE}
-
-
-@register_algorithm("MoCo", space=_space("moco", MOCO_RANGES), task=MULTI_TASK)
-class MoCo(SourceAggregation):
-    """MoCo (LibMTL ``MoCo``): tracked, loss-scaled unit gradients ``Y`` and softmax-updated
-    weights ``lambda``; direction ``Y^T lambda``; heads weight 1; LibMTL's defaults."""
-
-    solver = "moco"
-    solver_keys = tuple(MOCO_RANGES)
-
-
-@register_algorithm(
-    "Nash-MTL", space=_space("nashmtl", {"optim_niter": AT_LEAST_ONE, "update_weights_every": AT_LEAST_ONE}), task=MULTI_TASK
-)
-class NashMTL(SourceAggregation):
-    """Nash-MTL (nash-mtl ``NashMTL``): ``sum_k alpha_k g_k`` with ``alpha_k (G G^T alpha)_k ~ 1``
-    from CCCP iterations of a cvxpy/ECOS problem, warm-started from the previous ``alpha``; head
-    ``k`` weight ``alpha_k``. Needs the ``mtl`` extra (cvxpy, ECOS): building the row without
-    it raises ``MissingSolverError``, which says how to install it."""
-
-    solver = "nashmtl"
-    solver_keys = ("optim_niter", "update_weights_every")
-
-    def __init__(self, network, optimizer, hparams, loss_fn):
-        require_cvxpy()  # before training starts, not at the first step
-        super().__init__(network, optimizer, hparams, loss_fn)
-
+from sage_bench.hparams import NON_NEGATIVE, POSITIVE, HParam, SpaceContext, const
 
 # --------------------------------------------------------------------------------------------
 # F-MTL
@@ -291,17 +149,3 @@ class FMTL(PerturbedGradient, MultiTaskAlgorithm):
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         set_python_random_state(self.orders_rng, state["orders_rng"])
-
-
-# --------------------------------------------------------------------------------------------
-# Python's random.Random state in types torch.load(weights_only=True) reads
-
-
-def python_random_state(rng: random.Random) -> tuple[int, torch.Tensor, float | None]:
-    version, internal, gauss_next = rng.getstate()
-    return version, torch.tensor(internal, dtype=torch.int64), gauss_next
-
-
-def set_python_random_state(rng: random.Random, state: tuple[int, torch.Tensor, float | None]) -> None:
-    version, internal, gauss_next = state
-    rng.setstate((int(version), tuple(int(v) for v in internal.tolist()), gauss_next))
