@@ -22,7 +22,8 @@ caller keeps (and checkpoints); methods that draw random numbers take a ``genera
 **A method is declared in one place**, its module, by ``register_aggregator``: the function,
 its hyperparameter space (``sage_bench.hparams``' ``HParam`` with sampler and range), the clip
 of each source repository and the Table 2 row that runs it (``Row``; the algorithm registry's
-``register_algorithm`` is applied for it by ``sage_bench.algorithms.multitask``)::
+``register_algorithm`` is applied for it by ``sage_bench.algorithms.multitask``, through
+``on_register``, whenever the method is registered)::
 
     @register_aggregator("mean", space=mean_space, clip={"NYUv2": 0.0, "Cityscapes": 0.0},
                          row=Row("Mean"))
@@ -174,9 +175,23 @@ def register_aggregator(
             raise ValueError(f"aggregator {name!r} is registered twice")
         METHODS[name] = Method(name, fn, space, {s: clip[s] for s in SOURCES}, row, generator, requires)
         AGGREGATORS[name] = fn
+        for hook in _HOOKS:
+            hook(METHODS[name])
         return fn
 
     return register
+
+
+_HOOKS: list[Callable[[Method], None]] = []
+
+
+def on_register(hook: Callable[[Method], None]) -> None:
+    """Call ``hook(method)`` for every method registered so far and for every later one: how
+    ``sage_bench.algorithms`` registers the rows of methods declared anywhere (a plugin too)
+    without this layer importing it."""
+    _HOOKS.append(hook)
+    for method in list(METHODS.values()):
+        hook(method)
 
 
 def get_method(name: str) -> Method:
@@ -266,6 +281,7 @@ __all__ = [
     "Row",
     "aggregate",
     "get_method",
+    "on_register",
     "register_aggregator",
     "source_max_norm",
 ]

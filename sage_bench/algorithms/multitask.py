@@ -13,8 +13,8 @@ shared parameters goes to an aggregator (``sage_bench.aggregators``), whose dire
 shared parameters' gradient and whose weights scale each head's own gradient (1 where it has
 none); then the shared gradient is clipped where the method's repository clips it, and the
 optimizer steps. Each aggregator module declares its row (``sage_bench.aggregators.Row``), its
-hyperparameters and its sources' clip; ``register_aggregating_rows`` registers one row class per
-declaration. Clipping, as the repositories behind Table 2 do it: LS and MGDA (nash-mtl, FAMO)
+hyperparameters and its sources' clip; ``register_row`` registers one row class per
+declaration, for the built-in methods and for those a plugin declares later. Clipping, as the repositories behind Table 2 do it: LS and MGDA (nash-mtl, FAMO)
 never clip (FAMO's base class clips *before* ``backward``, a no-op); FairGrad clips the shared
 gradient to norm 1 after aggregation; the rows whose sources differ (PCGrad, GradDrop, CAGrad,
 Nash-MTL, ...) have a ``max_norm`` hyperparameter whose default is the data set's source's clip:
@@ -41,7 +41,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from sage_bench.aggregators import METHODS, Method, aggregate, get_method
+from sage_bench.aggregators import Method, aggregate, get_method, on_register
 from sage_bench.algorithms.registry import MULTI_TASK, register_algorithm
 from sage_bench.data.catalog import MULTITASK_TASKS
 from sage_bench.geometry import flatten, grads_of_losses, unflatten
@@ -369,25 +369,26 @@ def row_space(method: Method) -> Callable[[SpaceContext], dict[str, HParam]]:
     return space
 
 
-def register_aggregating_rows() -> dict[str, type[GradientAggregation]]:
-    """Register a ``GradientAggregation`` row for every aggregator method that declares one
-    (``sage_bench.aggregators.Row``), once; returns the row classes by row name."""
-    for method in METHODS.values():
-        row = method.row
-        if row is None or row.name in AGGREGATING_ROWS:
-            continue
-        if not row.tunable_clip:
-            method.fixed_clip()  # sources that clip differently need a tunable clip: fail here
-        cls = type(row.name.replace("-", ""), (GradientAggregation,), {
-            "solver": method.name, "tunable_clip": row.tunable_clip, "__doc__": row.doc or f"The aggregator {method.name!r} as a row.",
-            "__module__": __name__, "__qualname__": row.name.replace("-", ""),
-        })  # fmt: skip
-        AGGREGATING_ROWS[row.name] = register_algorithm(row.name, space=row_space(method), task=MULTI_TASK)(cls)
-    return AGGREGATING_ROWS
+def register_row(method: Method) -> None:
+    """Register the ``GradientAggregation`` row that ``method`` declares
+    (``sage_bench.aggregators.Row``), if any, as a multi-task algorithm."""
+    row = method.row
+    if row is None:
+        return
+    if not row.tunable_clip:
+        method.fixed_clip()  # sources that clip differently need a tunable clip: fail here
+    name = row.name.replace("-", "")
+    cls = type(name, (GradientAggregation,), {
+        "solver": method.name, "tunable_clip": row.tunable_clip,
+        "__doc__": row.doc or f"The aggregator {method.name!r} as a row.", "__module__": method.fn.__module__,
+        "__qualname__": name,
+    })  # fmt: skip
+    AGGREGATING_ROWS[row.name] = register_algorithm(row.name, space=row_space(method), task=MULTI_TASK)(cls)
 
 
+#: The row class of every method that declares a row, by row name (built-in and plugins').
 AGGREGATING_ROWS: dict[str, type[GradientAggregation]] = {}
-register_aggregating_rows()
+on_register(register_row)  # the methods registered so far, and every later one
 LS, MGDA, FairGrad = AGGREGATING_ROWS["LS"], AGGREGATING_ROWS["MGDA"], AGGREGATING_ROWS["FairGrad"]
 
 
