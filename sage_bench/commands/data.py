@@ -111,7 +111,7 @@ def run_cache(args: argparse.Namespace) -> int:
     )
     from sage_bench.data.transforms import Preprocess
     from sage_bench.errors import UserError
-    from sage_bench.sweep.disk import format_bytes
+    from sage_bench.units import format_bytes
 
     for name in _real_datasets(args.names):
         cls = get_dataset_class(name)
