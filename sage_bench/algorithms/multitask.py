@@ -21,6 +21,14 @@ Nash-MTL, ...) have a ``max_norm`` hyperparameter whose default is the data set'
 on NYUv2 nash-mtl's code, on any other data set FAMO's, the policy the FAMO, FairGrad and SAMO
 repositories share (the protocol the SAGE paper follows).
 
+Where the authors' code calls ``torch.autograd.grad(loss, shared_parameters)`` (PCGrad, IMTL-G,
+Nash-MTL) it raises on MTAN, whose task losses do not reach the other tasks' attention modules;
+such a gradient is taken as zeros here, as CAGrad's and GradDrop's flattening does. State, saved
+with the algorithm's ``state_dict``: PCGrad's ``random.Random`` (the authors shuffle with
+Python's global ``random``), GradDrop's ``torch.Generator`` (theirs: ``torch.rand_like``), both
+seeded once from torch's global generator (the job's seed); MoCo's tracking variables and step;
+Nash-MTL's previous weights (its warm start) and step counter.
+
 A parameter no task's loss depends on keeps ``grad = None`` (Adam leaves it alone), as with the
 lineage's ``loss.backward()``: STL leaves the other tasks' attention modules and heads untouched.
 

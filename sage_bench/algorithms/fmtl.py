@@ -1,19 +1,9 @@
-"""F-MTL (Phan et al., ICCV 2025): SAM per task around the lineage's solvers.
+"""F-MTL (Phan et al., ICCV 2025): SAM per task around the lineage's solvers (the ``FMTL`` class
+says how a step is computed).
 
 The plain gradient-aggregating rows of Table 2 (LS, MGDA, FairGrad, PCGrad, GradDrop, IMTL-G,
-CAGrad, MoCo, Nash-MTL) are declared with their aggregators (``sage_bench.aggregators``: each
-module's ``register_aggregator(..., space=, clip=, row=)``) and registered as
-``GradientAggregation`` rows by ``sage_bench.algorithms.multitask`` (``AGGREGATING_ROWS``
-holds their classes by row name).
-
-Where the authors' code calls ``torch.autograd.grad(loss, shared_parameters)`` (PCGrad, IMTL-G,
-Nash-MTL) it raises on MTAN, whose task losses do not reach the other tasks' attention modules;
-such a gradient is taken as zeros here, as CAGrad's and GradDrop's flattening does.
-
-State, saved with the algorithm's ``state_dict``: PCGrad's ``random.Random`` (the authors shuffle
-with Python's global ``random``), GradDrop's ``torch.Generator`` (theirs: ``torch.rand_like``),
-both seeded once from torch's global generator (the job's seed); MoCo's tracking variables and
-step; Nash-MTL's previous weights (its warm start) and step counter.
+CAGrad, MoCo, Nash-MTL) are declared with their aggregators (``sage_bench.aggregators``) and
+registered as ``GradientAggregation`` rows by ``sage_bench.algorithms.multitask``.
 """
 
 from __future__ import annotations
