@@ -20,14 +20,13 @@ from sage_bench.config.checks import at_least_one, group_options
 from sage_bench.config.kind import TEST_ENV_MODES, JobKind
 from sage_bench.errors import ConfigError
 from sage_bench.kinds import KINDS
+from sage_bench.models import MULTITASK_BACKBONES  # the backbones registered with task=MULTI_TASK
 from sage_bench.records import MULTI_TASK
 
 if TYPE_CHECKING:
     from sage_bench.config.spec import JobSpec
 
 LR_GAMMA = 0.5  # StepLR's factor when lr_gamma is null (the lineage's)
-
-MULTITASK_BACKBONES = ("mtan",)
 
 # keys of multi-task jobs, at the value a job of another kind must leave them (config.yaml's)
 MULTITASK_ONLY: dict[str, tuple[Any, str]] = {
