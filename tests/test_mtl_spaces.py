@@ -59,7 +59,8 @@ def test_a_method_declared_in_one_module_is_a_row_with_its_space_and_its_sources
     from sage_bench.algorithms import build_multitask_algorithm
     from sage_bench.algorithms.multitask import AGGREGATING_ROWS
     from sage_bench.algorithms.registry import _REGISTRY
-    from sage_bench.hparams import POSITIVE, HParam, const, default_hparams
+    from sage_bench.config import default_hparams
+    from sage_bench.hparams import POSITIVE, HParam, const
 
     class TwoTasks(torch.nn.Module):
         """``L_a = 3 theta_0 + h_a``, ``L_b = 4 theta_1 + h_b``: shared gradients (3, 0) and (0, 4)."""
