@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from scipy.optimize import minimize
 
-from sage_bench.aggregators import Row, register_aggregator
+from sage_bench.aggregators.registry import Row, register_aggregator
 from sage_bench.hparams import NON_NEGATIVE, HParam, choice
 
 

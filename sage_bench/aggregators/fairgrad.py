@@ -23,8 +23,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sage_bench.aggregators import Row, register_aggregator
 from sage_bench.aggregators.gram import gram_matrix
+from sage_bench.aggregators.registry import Row, register_aggregator
 from sage_bench.hparams import POSITIVE, HParam, choice
 
 RESIDUALS = ("fairgrad", "samo")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from sage_bench.aggregators import Row, register_aggregator
+from sage_bench.aggregators.registry import Row, register_aggregator
 
 
 @register_aggregator(

@@ -37,8 +37,8 @@ import warnings
 import numpy as np
 import torch
 
-from sage_bench.aggregators import Row, register_aggregator
 from sage_bench.aggregators.gram import gram_matrix
+from sage_bench.aggregators.registry import Row, register_aggregator
 
 STOP_CRIT = 1e-5
 MAX_ITER = 10_000

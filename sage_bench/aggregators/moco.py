@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from sage_bench.aggregators import Row, register_aggregator
+from sage_bench.aggregators.registry import Row, register_aggregator
 from sage_bench.hparams import NON_NEGATIVE, POSITIVE, HParam, Range, const
 
 

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sage_bench.aggregators import Row, register_aggregator
+from sage_bench.aggregators.registry import Row, register_aggregator
 from sage_bench.errors import UserError
 from sage_bench.hparams import AT_LEAST_ONE, HParam, const
 

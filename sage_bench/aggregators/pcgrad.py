@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import torch
 
-from sage_bench.aggregators import Row, register_aggregator
+from sage_bench.aggregators.registry import Row, register_aggregator
 
 Orders = Sequence[Sequence[int]]
 

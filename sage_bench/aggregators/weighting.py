@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sage_bench.aggregators import register_aggregator
+from sage_bench.aggregators.registry import register_aggregator
 from sage_bench.hparams import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, HParam, choice, const
 
 
