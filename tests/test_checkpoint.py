@@ -33,16 +33,6 @@ REPO = Path(__file__).resolve().parents[1]
 SHORT = ["steps=25", "checkpoint_freq=10", "progress=false", "hparams.batch_size=16"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the CPU kernels' sums then do not depend on the machine's load,
-    and the subprocesses below (OMP_NUM_THREADS=1) compute exactly what this process does."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def comparable(job_dir: Path) -> list[dict]:
     """The records without what measures the machine (time, memory) or names the folder."""
     records = []

@@ -45,15 +45,6 @@ STEPS = 3
 LR = {"sgd": 0.05, "adam": 1e-3}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread (several threads on busy cores cost far more than they save)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def batches():
     data = DigitScenes()

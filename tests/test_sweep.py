@@ -36,14 +36,6 @@ REPO = Path(__file__).resolve().parents[1]
 SHORT = ["steps=21", "checkpoint_freq=10", "hparams.batch_size=16"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture
 def job_env(monkeypatch):
     """Job processes import this checkout and use one thread (fast on a busy machine)."""

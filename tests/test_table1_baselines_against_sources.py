@@ -31,15 +31,6 @@ N = 6  # examples per domain
 TOL = 1e-9
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tensors this small compute fastest, and identically, on one thread."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def make_optimizer(kind):
     """The factory both sides use: ``(params, lr, weight_decay, **extra) -> optimizer``; SGD
     ignores Adam's ``betas``."""
