@@ -409,6 +409,7 @@ def _limited_memory(limit: int):
     return apply
 
 
+@pytest.mark.slow  # a real process under a memory limit
 @pytest.mark.parametrize("steps, freq", [(10**20, 5), (10**9, 1)])
 def test_a_huge_steps_is_counted_not_listed_by_the_disk_estimate(tmp_path, steps, freq):
     """``sweep launch`` estimates the records of a job of 10**20 steps in a real process under
