@@ -24,11 +24,10 @@ from sage_bench.config import (
 from sage_bench.data import get_dataset_class
 from sage_bench.data.catalog import ALL_DATASET_NAMES, dataset_task
 from sage_bench.errors import ConfigError
+from sage_bench.models import MULTITASK_BACKBONES  # the backbones registered with task=MULTI_TASK
 from sage_bench.records import DOMAIN_GENERALIZATION, MULTI_TASK
 
 LR_GAMMA = 0.5  # StepLR's factor when lr_gamma is null (the lineage's)
-
-MULTITASK_BACKBONES = ("mtan",)
 
 # keys of one kind of job, at the value a job of the other kind must leave them (config.yaml's)
 DG_ONLY: dict[str, tuple[Any, str]] = {

@@ -24,10 +24,10 @@ import torch
 from sage_bench.algorithms.erm import ERM
 from sage_bench.cli import main
 from sage_bench.config import load_job
+from sage_bench.lock import JobAlreadyRunning, is_running, job_lock
 from sage_bench.records import MEASUREMENT_KEYS, read_records
 from sage_bench.run import checkpoint as ckpt
 from sage_bench.run import run_job
-from sage_bench.run.lock import JobAlreadyRunning, is_running, job_lock
 
 REPO = Path(__file__).resolve().parents[1]
 SHORT = ["steps=25", "checkpoint_freq=10", "progress=false", "hparams.batch_size=16"]

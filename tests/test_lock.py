@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from sage_bench import lock
 from sage_bench.cli import main
+from sage_bench.lock import JobAlreadyRunning, is_running, job_lock
 from sage_bench.records import read_records
-from sage_bench.run import lock
-from sage_bench.run.lock import JobAlreadyRunning, is_running, job_lock
 from sage_bench.sweep import Sweep, sweep_states
 from sage_bench.sweep import state as st
 
@@ -201,7 +201,7 @@ def test_without_flock_a_running_train_process_is_running_to_status_and_delete_i
 
 _HOLD = """
 import sys, time
-from sage_bench.run.lock import job_lock
+from sage_bench.lock import job_lock
 with job_lock(sys.argv[1], wait_s=30) as held:
     print("holding", flush=True)
     time.sleep(float(sys.argv[2]))

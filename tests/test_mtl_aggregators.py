@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from sage_bench.aggregators import aggregate
+from sage_bench.aggregators import SOURCE_MAX_NORM, aggregate, source_max_norm
 from sage_bench.aggregators.cagrad import cagrad_weights
 from sage_bench.aggregators.graddrop import graddrop_mask
 from sage_bench.aggregators.pcgrad import draw_orders, project_conflicting
-from sage_bench.aggregators.sources import SOURCE_MAX_NORM, source_max_norm
 from sage_bench.errors import UserError
 from tests.helpers.mtl_problems import LinearTasks, loss_values, matrices
 from tests.reference import mtl_solvers as ref

@@ -19,8 +19,8 @@ import torch
 from sage_bench.cli import main
 from sage_bench.config import load_job
 from sage_bench.errors import UserError
+from sage_bench.lock import job_lock
 from sage_bench.records import read_records
-from sage_bench.run.lock import job_lock
 from sage_bench.sweep import (
     Sweep,
     all_test_env_combinations,
@@ -389,7 +389,7 @@ def test_launch_refuses_when_the_disk_is_too_small(tmp_path, capsys, monkeypatch
 
 def test_wait_for_lock_holder_then_run(tmp_path):
     """A second process for the same job waits briefly, then refuses; it never runs it twice."""
-    from sage_bench.run.lock import JobAlreadyRunning
+    from sage_bench.lock import JobAlreadyRunning
 
     job_dir = tmp_path / "job"
     job_dir.mkdir()

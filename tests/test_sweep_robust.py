@@ -18,10 +18,10 @@ import torch
 from sage_bench.algorithms.erm import ERM
 from sage_bench.cli import main
 from sage_bench.config import load_job
+from sage_bench.lock import is_running, job_lock
 from sage_bench.records import MEASUREMENT_KEYS, read_records
 from sage_bench.run import checkpoint as ckpt
 from sage_bench.run import run_job
-from sage_bench.run.lock import is_running, job_lock
 from sage_bench.sweep import Sweep, format_status, sweep_states
 from sage_bench.sweep import state as st
 from sage_bench.sweep.plan import hydra_string

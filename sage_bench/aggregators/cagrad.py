@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from scipy.optimize import minimize
 
-from sage_bench.aggregators import register_aggregator
+from sage_bench.aggregators import Row, register_aggregator
+from sage_bench.hparams import NON_NEGATIVE, HParam, choice
 
 
 def cagrad_weights(gram: np.ndarray, cc: float) -> np.ndarray:
@@ -50,7 +51,22 @@ def cagrad_weights(gram: np.ndarray, cc: float) -> np.ndarray:
     return result.x
 
 
-@register_aggregator("cagrad")
+def cagrad_space(dataset: str | None = None) -> dict[str, HParam]:
+    """``c`` 0.4 (CAGrad's ``run.sh`` for NYU-v2 and Cityscapes; the Cityscapes script also runs
+    0.6); searched over {0.2, 0.4, 0.6, 0.8} around those."""
+    return {"c": HParam(0.4, choice([0.2, 0.4, 0.6, 0.8]), "CAGrad's radius around the mean gradient", range=NON_NEGATIVE)}
+
+
+@register_aggregator(
+    "cagrad",
+    space=cagrad_space,
+    clip={"NYUv2": 0.0, "Cityscapes": 1.0},  # nash-mtl does not clip it; FAMO's code does
+    row=Row(
+        "CAGrad",
+        doc="CAGrad (nash-mtl / FAMO ``CAGrad``, ``c`` 0.4): ``K (g_0 + cc g_w / ||g_w||) / (1 + c^2)`` "
+        "with SciPy's SLSQP weights; heads weight 1.",
+    ),
+)
 def cagrad(
     grads: torch.Tensor, losses: torch.Tensor, *, c: float = 0.4
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,7 +7,7 @@ the shared direction is ``K sum_k w_k g_k`` ("to match the sum loss"); every hea
 task's gradient with weight 1 (the authors call ``losses[k].backward()`` per task and only
 overwrite the shared gradients), so ``weights`` is ``None``. Their run scripts use
 ``alpha = 2`` (the command-line default is 1); the authors clip the shared gradient to norm 1
-afterwards, which is the caller's business (see ``sage_bench.algorithms.multitask``).
+afterwards (``clip`` below; the row applies it, see ``sage_bench.algorithms.multitask``).
 
 ``residual="samo"`` is the copy in ``OptMN-Lab/SAMO`` (``FairGrad``/``FairGradWithSAMO``):
 ``(A w)^alpha - 1/w``. It has the same root but least squares on a different residual stops at
@@ -23,8 +23,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sage_bench.aggregators import register_aggregator
+from sage_bench.aggregators import Row, register_aggregator
 from sage_bench.aggregators.gram import gram_matrix
+from sage_bench.hparams import POSITIVE, HParam, choice
 
 RESIDUALS = ("fairgrad", "samo")
 
@@ -51,7 +52,17 @@ def fairgrad_weights(gram: np.ndarray, alpha: float = 2.0, residual: str = "fair
     return least_squares(fun, np.ones(k) / k, bounds=(0, np.inf)).x
 
 
-@register_aggregator("fairgrad")
+def fairgrad_space(dataset: str | None = None) -> dict[str, HParam]:
+    """``alpha`` 2: what FairGrad's run scripts use for NYUv2 and Cityscapes (the CLI default is 1)."""
+    return {"alpha": HParam(2.0, choice([0.5, 1.0, 2.0, 5.0]), "FairGrad's alpha (A w = w^(-1/alpha))", range=POSITIVE)}
+
+
+@register_aggregator(
+    "fairgrad",
+    space=fairgrad_space,
+    clip={"NYUv2": 1.0, "Cityscapes": 1.0},  # OptMN-Lab/fairgrad clips after the backward
+    row=Row("FairGrad", tunable_clip=False, doc="FairGrad (``alpha``): ``K G^T w``; heads weight 1; shared gradient clipped to norm 1."),
+)
 def fairgrad(
     grads: torch.Tensor, losses: torch.Tensor, alpha: float = 2.0, residual: str = "fairgrad"
 ) -> tuple[torch.Tensor, None]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from sage_bench.aggregators import register_aggregator
+from sage_bench.aggregators import Row, register_aggregator
 
 
 def graddrop_mask(grads: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
@@ -28,7 +28,15 @@ def graddrop_mask(grads: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
     return (keep_positive | keep_negative).to(grads.dtype)
 
 
-@register_aggregator("graddrop")
+@register_aggregator(
+    "graddrop",
+    clip={"NYUv2": 0.0, "Cityscapes": 1.0},  # NYUv2's row: CAGrad's code, no clip; FAMO's clips
+    row=Row(
+        "GradDrop",
+        doc="GradDrop (FAMO ``GradDrop``, CAGrad's ``graddrop``): ``K mean_k(g_k M_k)`` with the sign "
+        "dropout mask ``M``; heads weight 1. Uniform draws from the algorithm's ``torch.Generator``.",
+    ),
+)
 def graddrop(
     grads: torch.Tensor,
     losses: torch.Tensor,

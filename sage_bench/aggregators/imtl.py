@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from sage_bench.aggregators import register_aggregator
+from sage_bench.aggregators import Row, register_aggregator
 
 
 def imtl_weights(grads: torch.Tensor) -> torch.Tensor:
@@ -37,7 +37,15 @@ def imtl_weights(grads: torch.Tensor) -> torch.Tensor:
     return torch.cat([(1 - rest.sum()).reshape(1), rest])
 
 
-@register_aggregator("imtl")
+@register_aggregator(
+    "imtl",
+    clip={"NYUv2": 0.0, "Cityscapes": 0.0},  # nash-mtl and FAMO do not clip it
+    row=Row(
+        "IMTL-G",
+        doc="IMTL-G (nash-mtl ``IMTLG``): ``sum_k alpha_k g_k`` with equal projections on the unit "
+        "gradients; head ``k`` weight ``alpha_k``.",
+    ),
+)
 def imtl(grads: torch.Tensor, losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(sum_k alpha_k g_k, alpha)``."""
     alpha = imtl_weights(grads)

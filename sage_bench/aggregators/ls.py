@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import torch
 
-from sage_bench.aggregators import register_aggregator
+from sage_bench.aggregators import Row, register_aggregator
 
 
-@register_aggregator("ls")
+@register_aggregator(
+    "ls",
+    clip={"NYUv2": 0.0, "Cityscapes": 0.0},  # nash-mtl and FAMO never clip LS
+    row=Row("LS", tunable_clip=False, doc="Linear scalarisation: the sum of the task gradients; heads weight 1; no clipping."),
+)
 def linear_scalarization(grads: torch.Tensor, losses: torch.Tensor) -> tuple[torch.Tensor, None]:
     """``(sum_k g_k, None)``: heads keep weight 1."""
     return grads.sum(dim=0), None

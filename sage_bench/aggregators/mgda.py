@@ -37,7 +37,7 @@ import warnings
 import numpy as np
 import torch
 
-from sage_bench.aggregators import register_aggregator
+from sage_bench.aggregators import Row, register_aggregator
 from sage_bench.aggregators.gram import gram_matrix
 
 STOP_CRIT = 1e-5
@@ -137,7 +137,16 @@ def min_norm_weights(gram: np.ndarray, max_iter: int = MAX_ITER, stop: str = "l1
     return weights
 
 
-@register_aggregator("mgda")
+@register_aggregator(
+    "mgda",
+    clip={"NYUv2": 0.0, "Cityscapes": 0.0},  # nash-mtl and FAMO never clip MGDA
+    row=Row(
+        "MGDA",
+        tunable_clip=False,
+        doc="MGDA: ``K`` times Sener and Koltun's min-norm combination; head ``k`` weight ``K lambda_k``; "
+        "no clipping (nash-mtl / FAMO).",
+    ),
+)
 def mgda(grads: torch.Tensor, losses: torch.Tensor, max_iter: int = MAX_ITER) -> tuple[torch.Tensor, torch.Tensor]:
     """``(K sum_k lambda_k g_k, K lambda)`` with Sener and Koltun's min-norm ``lambda``."""
     k = grads.shape[0]

@@ -21,10 +21,33 @@ from typing import Any
 
 import torch
 
-from sage_bench.aggregators import register_aggregator
+from sage_bench.aggregators import Row, register_aggregator
+from sage_bench.hparams import NON_NEGATIVE, POSITIVE, HParam, Range, const
 
 
-@register_aggregator("moco")
+def moco_space(dataset: str | None = None) -> dict[str, HParam]:
+    """LibMTL's defaults (``beta`` 0.5, ``beta_sigma`` 0.5, ``gamma`` 0.1, ``gamma_sigma`` 0.5,
+    ``rho`` 0); no search. ``beta`` is the first step of the tracking variables
+    ``y <- y - beta_t (y - g)``: above 1 it overshoots."""
+    return {
+        "beta": HParam(0.5, const(0.5), "step size of the tracking variables", range=Range(0.0, 1.0, low_open=True)),
+        "beta_sigma": HParam(0.5, const(0.5), "decay exponent of beta", range=NON_NEGATIVE),
+        "gamma": HParam(0.1, const(0.1), "step size of the task weights", range=POSITIVE),
+        "gamma_sigma": HParam(0.5, const(0.5), "decay exponent of gamma", range=NON_NEGATIVE),
+        "rho": HParam(0.0, const(0.0), "l2 regularisation of the weights' update", range=NON_NEGATIVE),
+    }
+
+
+@register_aggregator(
+    "moco",
+    space=moco_space,
+    clip={"NYUv2": 0.0, "Cityscapes": 0.0},  # LibMTL's port does not clip
+    row=Row(
+        "MoCo",
+        doc="MoCo (LibMTL ``MoCo``): tracked, loss-scaled unit gradients ``Y`` and softmax-updated "
+        "weights ``lambda``; direction ``Y^T lambda``; heads weight 1; LibMTL's defaults.",
+    ),
+)
 def moco(
     grads: torch.Tensor,
     losses: torch.Tensor,

@@ -41,8 +41,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from sage_bench.aggregators import register_aggregator
+from sage_bench.aggregators import Row, register_aggregator
 from sage_bench.errors import UserError
+from sage_bench.hparams import AT_LEAST_ONE, HParam, const
 
 INSTALL_HINT = "pip install -e '.[mtl]' (or: pip install 'cvxpy>=1.4' 'ecos>=2.0')"
 
@@ -133,7 +134,28 @@ def nash_weights(
     return _PROBLEMS[num_tasks].solve(gram, norm, previous, optim_niter)
 
 
-@register_aggregator("nashmtl")
+def nashmtl_space(dataset: str | None = None) -> dict[str, HParam]:
+    """20 CCCP iterations, weights re-solved every step (``--nashmtl-optim-niter``,
+    ``--update-weights-every``); no search."""
+    return {
+        "optim_niter": HParam(20, const(20), "CCCP iterations per weight update", range=AT_LEAST_ONE),
+        "update_weights_every": HParam(1, const(1), "re-solve the weights every this many steps", range=AT_LEAST_ONE),
+    }
+
+
+@register_aggregator(
+    "nashmtl",
+    space=nashmtl_space,
+    clip={"NYUv2": 1.0, "Cityscapes": 0.0},  # nash-mtl clips it after the backward; FAMO's code does not
+    row=Row(
+        "Nash-MTL",
+        doc="Nash-MTL (nash-mtl ``NashMTL``): ``sum_k alpha_k g_k`` with ``alpha_k (G G^T alpha)_k ~ 1`` "
+        "from CCCP iterations of a cvxpy/ECOS problem, warm-started from the previous ``alpha``; head "
+        "``k`` weight ``alpha_k``. Needs the ``mtl`` extra (cvxpy, ECOS): building the row without "
+        "it raises ``MissingSolverError``, which says how to install it.",
+    ),
+    requires=lambda: _cvxpy(),  # before training starts, not at the first step
+)
 def nashmtl(
     grads: torch.Tensor,
     losses: torch.Tensor,

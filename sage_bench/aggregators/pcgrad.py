@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import torch
 
-from sage_bench.aggregators import register_aggregator
+from sage_bench.aggregators import Row, register_aggregator
 
 Orders = Sequence[Sequence[int]]
 
@@ -69,7 +69,16 @@ def project_conflicting(grads: torch.Tensor, orders: Orders) -> torch.Tensor:
     return projected
 
 
-@register_aggregator("pcgrad")
+@register_aggregator(
+    "pcgrad",
+    clip={"NYUv2": 0.0, "Cityscapes": 1.0},  # nash-mtl does not clip it; FAMO's code does
+    row=Row(
+        "PCGrad",
+        doc="PCGrad (nash-mtl / FAMO ``PCGrad``): the sum of the projected task gradients; heads get "
+        "the gradient of ``sum_k L_k``. Projection orders from the algorithm's ``random.Random``.",
+    ),
+    generator="python",  # the authors shuffle with Python's random
+)
 def pcgrad(
     grads: torch.Tensor,
     losses: torch.Tensor,

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from sage_bench.aggregators import register_aggregator
+from sage_bench.hparams import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, HParam, choice, const
 
 
 class LossWeighting:
@@ -293,7 +294,35 @@ LOSS_WEIGHTINGS: dict[str, type[LossWeighting]] = {
 }
 
 
-# -- the same methods as aggregators ---------------------------------------------------------
+# -- hyperparameter spaces (the run scripts' defaults; the names are the classes' keywords) --
+
+
+def dwa_space(dataset: str | None = None) -> dict[str, HParam]:
+    """DWA: ``T = 2`` (MTAN paper and ``--dwa-temp``), window 25 steps (nash-mtl's); no search."""
+    return {
+        "temperature": HParam(2.0, const(2.0), "DWA's softmax temperature T", range=POSITIVE),
+        "window": HParam(25, const(25), "steps in each half of DWA's loss history", range=AT_LEAST_ONE),
+    }
+
+
+def uw_space(dataset: str | None = None) -> dict[str, HParam]:
+    """UW: Adam learning rate 0.025 for the log-variances (``--method-params-lr``); no search."""
+    return {"lr": HParam(0.025, const(0.025), "Adam learning rate of the log-variances", range=POSITIVE)}
+
+
+def famo_space(dataset: str | None = None) -> dict[str, HParam]:
+    """FAMO: logits' Adam learning rate 0.025; weight decay ``gamma`` 0.001 (NYU-v2 ``run.sh``,
+    also CelebA and QM9) or 0.01 (Cityscapes ``run.sh``), searched over {1e-4, 1e-3, 1e-2}, a
+    decade either side of the NYU-v2 value."""
+    gamma = 0.01 if dataset == "Cityscapes" else 0.001
+    return {
+        "gamma": HParam(gamma, choice([1e-4, 1e-3, 1e-2]), "weight decay of FAMO's logits", range=NON_NEGATIVE),
+        "lr": HParam(0.025, const(0.025), "Adam learning rate of FAMO's logits", range=POSITIVE),
+    }
+
+
+# -- the same methods as aggregators (no repository clips them: FAMO's base class clips before
+# -- the backward, which clips nothing) --------------------------------------------------------
 
 
 def _direction(grads: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -326,7 +355,7 @@ def rlw(
     )
 
 
-@register_aggregator("dwa")
+@register_aggregator("dwa", space=dwa_space)
 def dwa(
     grads: torch.Tensor, losses: torch.Tensor, *, weighting: DynamicWeightAverage | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -334,7 +363,7 @@ def dwa(
     return _direction(grads, _require(weighting, DynamicWeightAverage).weighted_loss(losses)[1])
 
 
-@register_aggregator("uw")
+@register_aggregator("uw", space=uw_space)
 def uw(
     grads: torch.Tensor, losses: torch.Tensor, *, weighting: UncertaintyWeighting | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -342,7 +371,7 @@ def uw(
     return _direction(grads, _require(weighting, UncertaintyWeighting).weighted_loss(losses)[1])
 
 
-@register_aggregator("famo")
+@register_aggregator("famo", space=famo_space)
 def famo(
     grads: torch.Tensor, losses: torch.Tensor, *, weighting: FAMO | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from sage_bench import hparams as hp
-from sage_bench.algorithms import mtl_aggregating, mtl_constant, mtl_weighting  # noqa: F401  (multi-task rows register)
+from sage_bench.algorithms import fmtl, mtl_constant, mtl_weighting  # noqa: F401  (multi-task rows register)
 from sage_bench.algorithms.adversarial import CDANN, DANN
 from sage_bench.algorithms.base import Algorithm, FeatureAlgorithm, Minibatches, NetworkError
 from sage_bench.algorithms.domainbed import CORAL, IRM, MMD, RSC, Fish, GroupDRO, Mixup, VREx

@@ -33,55 +33,34 @@ algorithm's ``state_dict`` in types ``torch.load(weights_only=True)`` reads.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
+from sage_bench.aggregators import get_method
 from sage_bench.aggregators import weighting as lw
-from sage_bench.aggregators.spaces import METHOD_SPACES
 from sage_bench.algorithms.multitask import MultiTaskAlgorithm, NoiseSource
 from sage_bench.algorithms.registry import MULTI_TASK, no_hparams, register_algorithm
-from sage_bench.hparams import (
-    AT_LEAST_ONE,
-    NON_NEGATIVE,
-    POSITIVE,
-    HParam,
-    Range,
-    SpaceContext,
-    const,
-)
+from sage_bench.hparams import HParam, SpaceContext
 
 # --------------------------------------------------------------------------------------------
-# Hyperparameter spaces: the defaults and samplers of ``sage_bench.aggregators.spaces`` with
-# ranges; the weightings' ``lr`` is called ``method_params_lr`` (as the trainers' flag), since
-# ``lr`` is the network's.
+# Hyperparameter spaces: each weighting's declared space (``sage_bench.aggregators.weighting``),
+# with ``lr`` called ``method_params_lr`` (as the trainers' flag), since ``lr`` is the network's.
 
 
-def _from_method_space(method: str, context: SpaceContext, ranges: Mapping[str, Range]) -> dict[str, HParam]:
-    space = METHOD_SPACES[method](context.dataset)
-    renamed = {"lr": "method_params_lr"}
-    return {renamed.get(n, n): dataclasses.replace(spec, range=ranges[n]) for n, spec in space.items()}
+def weighting_space(method: str):
+    """The registered space of the row of the weighting ``method``."""
+
+    def space(context: SpaceContext) -> dict[str, HParam]:
+        renamed = {"lr": "method_params_lr"}
+        return {renamed.get(n, n): spec for n, spec in get_method(method).space(context.dataset).items()}
+
+    space.__name__ = f"{method}_space"
+    return space
 
 
-def dwa_space(context: SpaceContext) -> dict[str, HParam]:
-    """DWA: ``T = 2``, window 25 steps (nash-mtl's defaults; no search)."""
-    return {
-        **_from_method_space("dwa", context, {"temperature": POSITIVE}),
-        "window": HParam(25, const(25), "steps in each half of DWA's loss history", range=AT_LEAST_ONE),
-    }
-
-
-def uw_space(context: SpaceContext) -> dict[str, HParam]:
-    """UW: the log-variances' learning rate 0.025 (``--method-params-lr``; no search)."""
-    return _from_method_space("uw", context, {"lr": POSITIVE})
-
-
-def famo_space(context: SpaceContext) -> dict[str, HParam]:
-    """FAMO: ``gamma`` 0.001 (NYUv2 and other data sets) or 0.01 (Cityscapes), searched over
-    {1e-4, 1e-3, 1e-2}; the logits' learning rate 0.025."""
-    return _from_method_space("famo", context, {"gamma": NON_NEGATIVE, "lr": POSITIVE})
+dwa_space, uw_space, famo_space = weighting_space("dwa"), weighting_space("uw"), weighting_space("famo")
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,9 +12,22 @@ forward and ``K`` backward passes: the ``K x P`` matrix ``G`` of each task's gra
 shared parameters goes to an aggregator (``sage_bench.aggregators``), whose direction becomes the
 shared parameters' gradient and whose weights scale each head's own gradient (1 where it has
 none); then the shared gradient is clipped where the method's repository clips it, and the
-optimizer steps. Clipping, as the repositories behind Table 2 do it: LS and MGDA (nash-mtl, FAMO)
+optimizer steps. Each aggregator module declares its row (``sage_bench.aggregators.Row``), its
+hyperparameters and its sources' clip; ``register_row`` registers one row class per
+declaration, for the built-in methods and for those a plugin declares later. Clipping, as the repositories behind Table 2 do it: LS and MGDA (nash-mtl, FAMO)
 never clip (FAMO's base class clips *before* ``backward``, a no-op); FairGrad clips the shared
-gradient to norm 1 after aggregation.
+gradient to norm 1 after aggregation; the rows whose sources differ (PCGrad, GradDrop, CAGrad,
+Nash-MTL, ...) have a ``max_norm`` hyperparameter whose default is the data set's source's clip:
+on NYUv2 nash-mtl's code, on any other data set FAMO's, the policy the FAMO, FairGrad and SAMO
+repositories share (the protocol the SAGE paper follows).
+
+Where the authors' code calls ``torch.autograd.grad(loss, shared_parameters)`` (PCGrad, IMTL-G,
+Nash-MTL) it raises on MTAN, whose task losses do not reach the other tasks' attention modules;
+such a gradient is taken as zeros here, as CAGrad's and GradDrop's flattening does. State, saved
+with the algorithm's ``state_dict``: PCGrad's ``random.Random`` (the authors shuffle with
+Python's global ``random``), GradDrop's ``torch.Generator`` (theirs: ``torch.rand_like``), both
+seeded once from torch's global generator (the job's seed); MoCo's tracking variables and step;
+Nash-MTL's previous weights (its warm start) and step counter.
 
 A parameter no task's loss depends on keeps ``grad = None`` (Adam leaves it alone), as with the
 lineage's ``loss.backward()``: STL leaves the other tasks' attention modules and heads untouched.
@@ -28,7 +41,7 @@ runs it on a multi-task data set (``sage_bench.run.mtl``).
 from __future__ import annotations
 
 import contextlib
-import inspect
+import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -36,11 +49,11 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from sage_bench.aggregators import AGGREGATORS, aggregate
+from sage_bench.aggregators import Method, aggregate, get_method, on_register
 from sage_bench.algorithms.registry import MULTI_TASK, register_algorithm
 from sage_bench.data.catalog import MULTITASK_TASKS
 from sage_bench.geometry import flatten, grads_of_losses, unflatten
-from sage_bench.hparams import POSITIVE, HParam, SpaceContext, choice
+from sage_bench.hparams import HParam, SpaceContext
 
 LossFn = Callable[[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]], Mapping[str, torch.Tensor]]
 
@@ -267,42 +280,55 @@ class STL(MultiTaskAlgorithm):
         return self.loss_stats(torch.stack([loss.detach() for loss in losses]))
 
 
-def _takes(fn: Callable, name: str) -> bool:
-    return name in inspect.signature(fn).parameters
-
-
 class GradientAggregation(MultiTaskAlgorithm):
     """A solver over the per-task gradients of the shared parameters (see the module docstring).
 
-    ``solver`` is an aggregator name; its hyperparameters are read from ``hparams`` by the names
-    in ``SOLVER_SPACES[solver]``; ``max_norm`` clips the shared gradient (None: no clipping).
-    Aggregators that keep state between steps (``state=``) or draw random numbers
-    (``generator=``) get the algorithm's own, which its ``state_dict`` saves.
+    ``solver`` names a registered aggregator method (``sage_bench.aggregators.METHODS``); its
+    hyperparameters are read from ``hparams`` by the names of its space. The shared gradient is
+    clipped to ``max_norm`` (None: no clipping): the ``max_norm`` hyperparameter of a row with a
+    tunable clip (0: none), else the method's fixed clip. Aggregators that keep state between
+    steps (``state=``) or draw random numbers (``generator=``) get the algorithm's own, which
+    its ``state_dict`` saves: a ``torch.Generator``, or for ``generator="python"`` methods (the
+    authors shuffle with Python's ``random``, PCGrad) a ``random.Random``; both seeded once from
+    torch's global generator (the job's seed).
     """
 
     solver: str = ""
-    max_norm: float | None = None
+    tunable_clip: bool = False  # a max_norm hyperparameter (the row's ``Row.tunable_clip``)
 
     def __init__(self, network, optimizer, hparams, loss_fn):
         super().__init__(network, optimizer, hparams, loss_fn)
-        if self.solver not in AGGREGATORS:
-            raise ValueError(f"unknown aggregator {self.solver!r}; valid choices: {', '.join(sorted(AGGREGATORS))}")
+        self.method = get_method(self.solver)
+        if self.method.requires is not None:
+            self.method.requires()  # before training starts, not at the first step
         self.solver_state: dict[str, Any] = {}
         # drawn from the global generator only by solvers that draw random numbers
-        self.solver_noise = NoiseSource() if _takes(AGGREGATORS[self.solver], "generator") else None
+        self.solver_noise = NoiseSource() if self.method.takes("generator") else None
+        self.orders_rng: random.Random | None = None
+        if self.solver_noise is not None and self.method.generator == "python":
+            self.orders_rng = random.Random(self.solver_noise.seed)
+            self.solver_noise = None
+        self.max_norm = self.own_max_norm()
+
+    def own_max_norm(self) -> float | None:
+        """The clip of the shared gradient: the ``max_norm`` hyperparameter (0: none) of a row
+        with a tunable clip, else the method's fixed clip (None: none)."""
+        if self.tunable_clip:
+            return self.hparams["max_norm"] or None
+        return self.method.fixed_clip()
 
     def solver_hparams(self) -> dict[str, Any]:
-        names = SOLVER_SPACES[self.solver]() if self.solver in SOLVER_SPACES else {}
-        return {name: self.hparams[name] for name in names}
+        return {name: self.hparams[name] for name in self.method.space(None)}
 
     def solve(self, grads: torch.Tensor, losses: torch.Tensor, **extra: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The aggregator's ``(direction, head weights)`` for the ``K x P`` matrix ``grads``."""
-        fn = AGGREGATORS[self.solver]
         kwargs = {**self.solver_hparams(), **extra}
-        if _takes(fn, "state"):
+        if self.method.takes("state"):
             kwargs["state"] = self.solver_state
         if self.solver_noise is not None:
             kwargs["generator"] = self.solver_noise.generator(grads.device)
+        elif self.orders_rng is not None:
+            kwargs["generator"] = self.orders_rng
         return aggregate(self.solver, grads, losses, **kwargs)
 
     def update(self, x, targets):
@@ -321,51 +347,68 @@ class GradientAggregation(MultiTaskAlgorithm):
         state: dict[str, Any] = {"solver_state": self.solver_state}
         if self.solver_noise is not None:
             state["solver_noise"] = self.solver_noise.state_dict()
+        if self.orders_rng is not None:
+            state["orders_rng"] = python_random_state(self.orders_rng)
         return state
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.solver_state = dict(state["solver_state"])
         if self.solver_noise is not None:
             self.solver_noise.load_state_dict(state["solver_noise"])
+        if self.orders_rng is not None:
+            set_python_random_state(self.orders_rng, state["orders_rng"])
 
 
 # --------------------------------------------------------------------------------------------
-# Hyperparameter spaces (name -> HParam) of the solvers, registered with the rows.
+# The rows of the aggregator methods, registered from their declarations
 
 
-SOLVER_SPACES: dict[str, Callable[[], dict[str, HParam]]] = {
-    "ls": dict,
-    "mgda": dict,
-    # alpha 2 is what FairGrad's run scripts use for NYUv2 and Cityscapes (the CLI default is 1)
-    "fairgrad": lambda: {
-        "alpha": HParam(2.0, choice([0.5, 1.0, 2.0, 5.0]), "FairGrad's alpha (A w = w^(-1/alpha))", range=POSITIVE)
-    },
-}
+def row_space(method: Method) -> Callable[[SpaceContext], dict[str, HParam]]:
+    """The registered space of ``method``'s row: the method's own hyperparameters, then
+    ``max_norm`` (the data set's source clip) where the row's clip is tunable."""
+
+    def space(context: SpaceContext) -> dict[str, HParam]:
+        own = method.space(context.dataset)
+        if method.row is not None and method.row.tunable_clip:
+            return {**own, **method.max_norm_space(context.dataset)}
+        return own
+
+    space.__name__ = f"{method.name}_space"
+    return space
 
 
-def solver_space(solver: str) -> Callable[[SpaceContext], dict[str, HParam]]:
-    """The registered space of a plain solver row: the solver's own hyperparameters."""
-    return lambda context: SOLVER_SPACES[solver]()
+def register_row(method: Method) -> None:
+    """Register the ``GradientAggregation`` row that ``method`` declares
+    (``sage_bench.aggregators.Row``), if any, as a multi-task algorithm."""
+    row = method.row
+    if row is None:
+        return
+    if not row.tunable_clip:
+        method.fixed_clip()  # sources that clip differently need a tunable clip: fail here
+    name = row.name.replace("-", "")
+    cls = type(name, (GradientAggregation,), {
+        "solver": method.name, "tunable_clip": row.tunable_clip,
+        "__doc__": row.doc or f"The aggregator {method.name!r} as a row.", "__module__": method.fn.__module__,
+        "__qualname__": name,
+    })  # fmt: skip
+    AGGREGATING_ROWS[row.name] = register_algorithm(row.name, space=row_space(method), task=MULTI_TASK)(cls)
 
 
-@register_algorithm("LS", space=solver_space("ls"), task=MULTI_TASK)
-class LS(GradientAggregation):
-    """Linear scalarisation: the sum of the task gradients; heads weight 1; no clipping."""
-
-    solver = "ls"
-
-
-@register_algorithm("MGDA", space=solver_space("mgda"), task=MULTI_TASK)
-class MGDA(GradientAggregation):
-    """MGDA: ``K`` times Sener and Koltun's min-norm combination; head ``k`` weight ``K lambda_k``;
-    no clipping (nash-mtl / FAMO)."""
-
-    solver = "mgda"
+#: The row class of every method that declares a row, by row name (built-in and plugins').
+AGGREGATING_ROWS: dict[str, type[GradientAggregation]] = {}
+on_register(register_row)  # the methods registered so far, and every later one
+LS, MGDA, FairGrad = AGGREGATING_ROWS["LS"], AGGREGATING_ROWS["MGDA"], AGGREGATING_ROWS["FairGrad"]
 
 
-@register_algorithm("FairGrad", space=solver_space("fairgrad"), task=MULTI_TASK)
-class FairGrad(GradientAggregation):
-    """FairGrad (``alpha``): ``K G^T w``; heads weight 1; shared gradient clipped to norm 1."""
+# --------------------------------------------------------------------------------------------
+# Python's random.Random state in types torch.load(weights_only=True) reads
 
-    solver = "fairgrad"
-    max_norm = 1.0
+
+def python_random_state(rng: random.Random) -> tuple[int, torch.Tensor, float | None]:
+    version, internal, gauss_next = rng.getstate()
+    return version, torch.tensor(internal, dtype=torch.int64), gauss_next
+
+
+def set_python_random_state(rng: random.Random, state: tuple[int, torch.Tensor, float | None]) -> None:
+    version, internal, gauss_next = state
+    rng.setstate((int(version), tuple(int(v) for v in internal.tolist()), gauss_next))

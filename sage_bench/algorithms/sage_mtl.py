@@ -56,10 +56,11 @@ from typing import Any
 
 import torch
 
-from sage_bench.algorithms.multitask import SOLVER_SPACES, NoiseSource
+from sage_bench.aggregators import get_method
+from sage_bench.algorithms.multitask import NoiseSource
 from sage_bench.algorithms.perturbation import linearized_task_gradients
 from sage_bench.algorithms.registry import MULTI_TASK, register_algorithm
-from sage_bench.algorithms.samo import SAMO, WITH_SAMO, zeroth_order_space
+from sage_bench.algorithms.samo import SAMO, zeroth_order_space
 from sage_bench.algorithms.sharpness import frozen_batchnorm_statistics
 from sage_bench.geometry import (
     add_gaussian_noise_,
@@ -75,8 +76,6 @@ from sage_bench.hparams import AT_LEAST_ONE, NON_NEGATIVE, HParam, SpaceContext,
 ASCENTS = ("mean", "samo", "samo_mean")
 SAMO_ASCENTS = ("samo", "samo_mean")  # SAGE-SAMO-X's; SAGE-X's ascent is always "mean"
 DESCENTS = ("samo", "base")
-# X's own clipping, for descent="base" (see sage_bench.algorithms.multitask)
-BASE_MAX_NORM = {"ls": None, "mgda": None, "fairgrad": 1.0}
 
 
 class SAGEMultiTask(SAMO):
@@ -182,7 +181,7 @@ class SAGEMultiTask(SAMO):
             direction, weights, max_norm = self.samo_direction(rows, perturbed_losses), None, self.max_norm
         else:
             direction, weights = self.solve(rows, perturbed_losses)
-            max_norm = BASE_MAX_NORM[self.solver]
+            max_norm = self.method.fixed_clip()  # X's own clip, as its row (sage_bench.aggregators)
         self.set_gradients(direction, head_grads, weights)
         if not h["noise_after_clip"]:
             self.add_noise(beta)
@@ -242,7 +241,7 @@ def sage_space(solver: str, ascent: str = "mean", context: SpaceContext | None =
             ascent, const(ascent), "SAMO's per-task perturbations, or one from their mean", SAMO_ASCENTS
         )
         space.update(zeroth_order_space(context))
-    return {**space, **SOLVER_SPACES[solver]()}
+    return {**space, **get_method(solver).space(context.dataset if context is not None else None)}
 
 
 def _row(name: str, row: str, solver: str, ascent: str) -> type[SAGEMultiTask]:
@@ -259,5 +258,3 @@ SAGEFairGrad = _row("SAGEFairGrad", "SAGE-FairGrad", "fairgrad", "mean")
 SAGESAMOLS = _row("SAGESAMOLS", "SAGE-SAMO-LS", "ls", "samo")
 SAGESAMOMGDA = _row("SAGESAMOMGDA", "SAGE-SAMO-MGDA", "mgda", "samo")
 SAGESAMOFairGrad = _row("SAGESAMOFairGrad", "SAGE-SAMO-FairGrad", "fairgrad", "samo")
-
-assert set(BASE_MAX_NORM) == set(WITH_SAMO)

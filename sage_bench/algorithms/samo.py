@@ -53,7 +53,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from sage_bench.algorithms.multitask import SOLVER_SPACES, GradientAggregation
+from sage_bench.aggregators import get_method
+from sage_bench.algorithms.multitask import GradientAggregation
 from sage_bench.algorithms.perturbation import (
     PerturbedGradient,
     linearized_task_gradients,
@@ -73,6 +74,7 @@ from sage_bench.hparams import (
 )
 
 SAM_EPS = 1e-12
+SAMO_MAX_NORM = 1.0  # the trainers' clip_grad_norm_(shared, 1.0) after every *WithSAMO backward
 ZO_MIXES = ("raw", "layerwise")
 # what the *WithSAMO weight methods multiply each solver's usual direction by
 WITH_SAMO = {"ls": ("K", {}), "mgda": ("K", {}), "fairgrad": (1, {"residual": "samo"})}
@@ -93,7 +95,6 @@ class SAMO(PerturbedGradient, GradientAggregation):
     global generator) and, with ``accumulate_previous``, the previous final gradients.
     """
 
-    max_norm = 1.0
     perturbs_weights = True
 
     @classmethod
@@ -109,6 +110,10 @@ class SAMO(PerturbedGradient, GradientAggregation):
         self.zo_seed = int(torch.randint(0, 2**32, (1,)).item())
         self.zo_rng = np.random.RandomState(self.zo_seed)
         self.previous: list[torch.Tensor | None] | None = None
+
+    def own_max_norm(self) -> float | None:
+        """SAMO's trainers clip the shared gradient to norm 1 whatever the solver."""
+        return SAMO_MAX_NORM
 
     # ------------------------------------------------------------------ the SAMO pieces
     def all_parameters(self) -> list[torch.nn.Parameter]:
@@ -307,7 +312,7 @@ def samo_space(solver: str, context: SpaceContext | None = None) -> dict[str, HP
     return {
         "rho": HParam(0.001, choice([0.0005, 0.001, 0.003, 0.01]), "SAM radius of the joint perturbation", range=NON_NEGATIVE),
         **zeroth_order_space(context),
-        **SOLVER_SPACES[solver](),
+        **get_method(solver).space(context.dataset if context is not None else None),
     }
 
 

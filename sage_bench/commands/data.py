@@ -45,7 +45,8 @@ def add_parser(subparsers) -> None:
     cache.add_argument(
         "--data-dir", default=default_data_dir(), help="where the data sets are (default: $SAGE_BENCH_DATA or ./data)"
     )
-    cache.add_argument("--backbone", help="whose input size to cache (default: the data set's default backbone)")
+    cache.add_argument("--backbone", help="whose input size to cache, as jobs with backbone=NAME compose it from its "
+                       "configuration (default: the data set's default backbone)")  # fmt: skip
     cache.add_argument("--image-size", type=int, help="input size in pixels (overrides --backbone)")
     cache.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
                        help="processes decoding images (default: every core this process may use)")  # fmt: skip
@@ -80,6 +81,23 @@ def run_check(args: argparse.Namespace) -> int:
     return 0 if usable else 1
 
 
+def _job_image_size(dataset: str, backbone: str | None, data_dir: str) -> tuple[int, dict]:
+    """The input size and data set options of a ``train dataset=DATASET backbone=BACKBONE`` job,
+    composed as the job composes them (the backbone's YAML, the data set's default backbone), so
+    the cache built is the one such jobs look up."""
+    from sage_bench.config import load_job
+    from sage_bench.errors import UserError
+    from sage_bench.models import backbone_preprocess
+
+    overrides = [f"dataset={dataset}", f"data_dir={data_dir}", *([f"backbone={backbone}"] if backbone else [])]
+    spec = load_job(overrides)
+    preprocess = backbone_preprocess(spec.backbone, spec.backbone_options)
+    if preprocess is None:
+        raise UserError(f"backbone {spec.backbone!r} takes no images; choose an image backbone or --image-size")
+    options = dict(spec.dataset_options)  # as the job builds its data set (load_truncated is in the key)
+    return preprocess.image_size, options
+
+
 def run_cache(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
@@ -93,20 +111,17 @@ def run_cache(args: argparse.Namespace) -> int:
     )
     from sage_bench.data.transforms import Preprocess
     from sage_bench.errors import UserError
-    from sage_bench.models import backbone_preprocess
-    from sage_bench.sweep.disk import format_bytes
+    from sage_bench.units import format_bytes
 
     for name in _real_datasets(args.names):
         cls = get_dataset_class(name)
-        size = args.image_size
+        size, options = args.image_size, {}
         if size is None:
-            preprocess = backbone_preprocess(args.backbone or cls.DEFAULT_BACKBONE)
-            if preprocess is None:
-                raise UserError(f"backbone {args.backbone!r} takes no images; choose an image backbone or --image-size")
-            size = preprocess.image_size
+            size, options = _job_image_size(name, args.backbone, args.data_dir)
         if size < 1:
             raise UserError(f"bad value for --image-size: must be >= 1, got {size}")
-        dataset = cls(args.data_dir, test_envs=(), hparams={"data_augmentation": False}, preprocess=Preprocess(size))
+        dataset = cls(args.data_dir, test_envs=(), hparams={"data_augmentation": False}, preprocess=Preprocess(size),
+                      **options)  # fmt: skip
         images = sum(len(env) for env in dataset.datasets)
         cache, why_not = open_cache(dataset, size, full_check=args.verify)
         if cache is not None and not args.force:

@@ -1,8 +1,11 @@
 """Data sets by name (DomainBed's multi-domain sets; the multi-task sets), DomainBed's
 per-environment splits, and loaders.
 
-The data set classes, and with them torch, are imported on first use: ``sage_bench.data.catalog``
-(names and environment labels) must stay readable without torch, as the collector reads it.
+The data set classes, and with them torch, are imported on first use, from the module each
+data set's entry in ``sage_bench.data.catalog.CATALOG`` names: the catalog (names, modules,
+environment labels, tasks) must stay readable without torch, as the collector reads it. Adding a
+data set is its module (a class named as the data set), its catalog entry and, for the
+``dataset=`` config group, ``configs/dataset/<name>.yaml``.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from sage_bench.data.catalog import (
     ALL_DATASET_NAMES,
+    CATALOG,
     DATASET_NAMES,
     ENVIRONMENTS,
     MULTITASK_DATASET_NAMES,
@@ -23,31 +27,23 @@ if TYPE_CHECKING:
     from sage_bench.data.base import MultiDomainDataset
     from sage_bench.data.multitask import MultiTaskDataset
 
-# class name -> the module that defines it
-_MODULES = {
-    "MultiDomainDataset": "sage_bench.data.base",
-    "RotatedDigits": "sage_bench.data.digits",
-    "ColoredDigits": "sage_bench.data.digits",
-    "PACS": "sage_bench.data.domainbed",
-    "VLCS": "sage_bench.data.domainbed",
-    "OfficeHome": "sage_bench.data.domainbed",
-    "TerraIncognita": "sage_bench.data.domainbed",
-    "DomainNet": "sage_bench.data.domainbed",
-    "MultiTaskDataset": "sage_bench.data.multitask",
-    "DigitScenes": "sage_bench.data.digit_scenes",
-    "DigitScenes2": "sage_bench.data.digit_scenes",
-    "NYUv2": "sage_bench.data.nyuv2",
-    "Cityscapes": "sage_bench.data.nyuv2",
-}
+# the base classes, which are no data sets, by the module that defines them
+_BASES = {"MultiDomainDataset": "sage_bench.data.base", "MultiTaskDataset": "sage_bench.data.multitask"}
+
+
+def _class(name: str) -> Any:
+    """The class ``name``: a data set's (from the module its catalog entry names) or a base class."""
+    module = CATALOG[name].module if name in CATALOG else _BASES[name]
+    return getattr(importlib.import_module(module), name)
 
 
 def __getattr__(name: str) -> Any:
     if name == "DATASETS":  # name -> class, in the catalog's order
-        return {n: getattr(importlib.import_module(_MODULES[n]), n) for n in DATASET_NAMES}
+        return {n: _class(n) for n in DATASET_NAMES}
     if name == "MULTITASK_DATASETS":  # name -> class
-        return {n: getattr(importlib.import_module(_MODULES[n]), n) for n in MULTITASK_DATASET_NAMES}
-    if name in _MODULES:
-        return getattr(importlib.import_module(_MODULES[name]), name)
+        return {n: _class(n) for n in MULTITASK_DATASET_NAMES}
+    if name in CATALOG or name in _BASES:
+        return _class(name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -67,7 +63,7 @@ def get_dataset_class(name: str) -> type[MultiDomainDataset] | type[MultiTaskDat
     """The class registered under ``name`` (a domain-generalization or a multi-task data set,
     ``sage_bench.data.catalog.dataset_task`` says which), or an error listing the valid names."""
     _check_name(name)
-    return getattr(importlib.import_module(_MODULES[name]), name)
+    return _class(name)
 
 
 def get_multitask_dataset_class(name: str) -> type[MultiTaskDataset]:
@@ -76,7 +72,7 @@ def get_multitask_dataset_class(name: str) -> type[MultiTaskDataset]:
         raise UnknownDatasetError(
             f"unknown multi-task dataset {name!r}; valid choices: {', '.join(MULTITASK_DATASET_NAMES)}"
         )
-    return getattr(importlib.import_module(_MODULES[name]), name)
+    return _class(name)
 
 
 def num_environments(name: str) -> int:
@@ -91,6 +87,7 @@ def num_environments(name: str) -> int:
 
 __all__ = [
     "ALL_DATASET_NAMES",
+    "CATALOG",
     "DATASETS",
     "DATASET_NAMES",
     "MULTITASK_DATASET_NAMES",

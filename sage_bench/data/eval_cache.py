@@ -319,7 +319,7 @@ def build_cache(dataset: MultiEnvironmentImageFolder, image_size: int, workers: 
     One build per cache at a time: a second waits for the first (``waiting(who)`` is called
     first, naming the process that builds), then uses the cache it made unless ``force``. Raises ``CacheError`` when the disk is too small or
     fills up, or the folder is not writable; nothing partial is left behind."""
-    from sage_bench.run.lock import JobAlreadyRunning, holder, job_lock
+    from sage_bench.lock import JobAlreadyRunning, holder, job_lock
 
     final = cache_path(dataset.data_dir, dataset.name(), image_size)
     lock_name = f"{final.name}.lock"
@@ -347,7 +347,7 @@ def build_cache(dataset: MultiEnvironmentImageFolder, image_size: int, workers: 
 
 def _build_locked(dataset: MultiEnvironmentImageFolder, image_size: int, final: Path, workers: int,
                   progress: Callable[[int], None] | None) -> EvalCache:  # fmt: skip
-    from sage_bench.sweep.disk import format_bytes as format_size
+    from sage_bench.units import format_bytes as format_size
 
     need = required_bytes(dataset, image_size)
     free = free_bytes(final.parent)

@@ -1,70 +1,51 @@
 """Backbones (featurizers) and heads by name: ``build_network`` makes the classifier of a job.
 
-Each backbone has a factory ``factory(input_shape, hparams, **options)`` returning a featurizer
-with ``n_outputs``, and, for image backbones, a function ``preprocess(**options)`` that gives the
-input size and normalisation the data transforms must use without building the model
-(``backbone_preprocess``). Options are the keys of ``configs/backbone/<name>.yaml``.
+Each backbone registers itself where its builder is defined, with its preprocessing beside it
+(``@register_backbone(name, preprocess=...)``, ``sage_bench.models.registry``): a
+domain-generalization backbone is a factory ``factory(input_shape, hparams, **options)``
+returning a featurizer with ``n_outputs`` and, for image backbones, a function
+``preprocess(**options)`` that gives the input size and normalisation the data transforms must
+use without building the model (``backbone_preprocess``); a multi-task backbone builds the
+per-task network (``mtan``). Options are the keys of ``configs/backbone/<name>.yaml``. Adding a
+backbone is its module (plus its line in the import list below) and that YAML file.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import nn
 
 from sage_bench.data.transforms import Preprocess
-from sage_bench.errors import ConfigError, UserError
-from sage_bench.models.clip import CLIPImageEncoder, ZeroShotHead, build_clip, clip_preprocess
+from sage_bench.errors import ConfigError
+
+# The backbones register themselves on import (one module each).
+from sage_bench.models import clip, digits_cnn, mtan, resnet  # noqa: F401
+from sage_bench.models.clip import CLIPImageEncoder, ZeroShotHead
 from sage_bench.models.digits_cnn import DigitsCNN
 from sage_bench.models.network import Classifier
-from sage_bench.models.resnet import (
-    build_resnet50,
-    build_timm,
-    imagenet_preprocess,
-    timm_preprocess,
+from sage_bench.models.registry import (
+    BACKBONES,
+    PREPROCESSING,
+    Backbone,
+    UnknownBackboneError,
+    backbones,
+    get_backbone,
+    multitask_backbones,
+    register_backbone,
 )
 from sage_bench.models.weights import WeightsNotFoundError
 
-
-def _digits_cnn(input_shape: Sequence[int], hparams: dict, channels: Sequence[int] = (16, 32, 32, 32)) -> nn.Module:
-    return DigitsCNN(in_channels=input_shape[0], channels=tuple(channels))
-
-
-# name -> factory(input_shape, hparams, **options) returning a featurizer with ``n_outputs``
-BACKBONES: dict[str, Callable[..., nn.Module]] = {
-    "digits_cnn": _digits_cnn,
-    "clip_vit_b16": build_clip,  # the paper's backbone: open_clip ViT-B-16, OpenAI weights
-    "clip": build_clip,  # any open_clip model and weights
-    "clip_tiny": build_clip,  # a small random-init CLIP for tests and smoke runs
-    "resnet50": build_resnet50,  # DomainBed's ResNet-50 (ImageNet, frozen BatchNorm)
-    "timm": build_timm,  # any timm model by name
-}
-
-# name -> preprocess(**options): what the backbone's inputs look like (image backbones only)
-PREPROCESSING: dict[str, Callable[..., Preprocess]] = {
-    "clip_vit_b16": clip_preprocess,
-    "clip": clip_preprocess,
-    "clip_tiny": clip_preprocess,
-    "resnet50": imagenet_preprocess,
-    "timm": timm_preprocess,
-}
+MULTITASK_BACKBONES: tuple[str, ...] = multitask_backbones()
+"""The backbones of the multi-task data sets (registered with ``task=MULTI_TASK``)."""
 
 HEADS = ("linear", "zero_shot")
 
 
-class UnknownBackboneError(UserError, KeyError):
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
-def _factory(name: str) -> Callable[..., nn.Module]:
-    if name not in BACKBONES:
-        raise UnknownBackboneError(
-            f"unknown backbone {name!r}; valid choices: {', '.join(sorted(BACKBONES))}"
-        )
-    return BACKBONES[name]
+def _factory(name: str):
+    return get_backbone(name).build
 
 
 def check_backbone_options(name: str, options: Mapping[str, Any]) -> None:
@@ -85,11 +66,11 @@ def check_backbone_options(name: str, options: Mapping[str, Any]) -> None:
 def backbone_preprocess(name: str, options: Mapping[str, Any] | None = None) -> Preprocess | None:
     """The input size and normalisation of backbone ``name`` with ``options``, without building
     it; ``None`` for backbones of non-image inputs (the embedded digits)."""
-    _factory(name)
-    if name not in PREPROCESSING:
+    preprocess = get_backbone(name).preprocess
+    if preprocess is None:
         return None
     options = {k: v for k, v in (options or {}).items() if k != "head"}
-    return PREPROCESSING[name](**options)
+    return preprocess(**options)
 
 
 def build_featurizer(name: str, input_shape: Sequence[int], hparams: dict, **options: Any) -> nn.Module:
@@ -129,7 +110,13 @@ def build_network(
 __all__ = [
     "BACKBONES",
     "HEADS",
+    "MULTITASK_BACKBONES",
     "PREPROCESSING",
+    "Backbone",
+    "UnknownBackboneError",
+    "backbones",
+    "get_backbone",
+    "register_backbone",
     "CLIPImageEncoder",
     "Classifier",
     "DigitsCNN",

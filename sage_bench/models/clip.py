@@ -24,6 +24,7 @@ from torch import nn
 
 from sage_bench.data.transforms import CLIP_MEAN, CLIP_STD, Preprocess
 from sage_bench.errors import ConfigError
+from sage_bench.models.registry import register_backbone
 from sage_bench.models.weights import WeightFile, resolve_weights
 
 DEFAULT_PROMPTS = ("a photo of a {}.",)
@@ -170,6 +171,9 @@ class CLIPImageEncoder(nn.Module):
         self.__dict__["_tokenizer"] = None
 
 
+@register_backbone("clip_vit_b16", preprocess=clip_preprocess)  # the paper's: open_clip ViT-B-16, OpenAI weights
+@register_backbone("clip", preprocess=clip_preprocess)  # any open_clip model and weights
+@register_backbone("clip_tiny", preprocess=clip_preprocess)  # a small random-init CLIP for tests and smoke runs
 def build_clip(
     input_shape: Sequence[int],
     hparams: Mapping[str, Any],

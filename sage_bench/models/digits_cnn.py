@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from sage_bench.models.registry import register_backbone
+
 
 class DigitsCNN(nn.Module):
     """Four 3x3 convolutions (the second with stride 2), each followed by ReLU and GroupNorm(8),
@@ -41,3 +43,9 @@ class DigitsCNN(nn.Module):
         x = self.norm3(torch.relu(self.conv3(x)))
         x = self.norm4(torch.relu(self.conv4(x)))
         return x.mean(dim=(2, 3))
+
+
+@register_backbone("digits_cnn")  # the embedded digits: no image preprocessing of its own
+def build_digits_cnn(input_shape: Sequence[int], hparams: dict, channels: Sequence[int] = (16, 32, 32, 32)) -> nn.Module:
+    """``DigitsCNN`` for inputs of ``input_shape`` (channels first)."""
+    return DigitsCNN(in_channels=input_shape[0], channels=tuple(channels))

@@ -34,7 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sage_bench.models.registry import register_backbone
 from sage_bench.mtl.tasks import Task
+from sage_bench.records import MULTI_TASK
 
 PAPER_FILTERS = (64, 128, 256, 512, 512)
 NARROW_FILTERS = (8, 16, 32, 32, 32)
@@ -196,6 +198,7 @@ class MTAN(nn.Module):
         return outputs
 
 
+@register_backbone("mtan", task=MULTI_TASK)  # the network of the multi-task data sets
 def mtan(tasks: Sequence[Task], width: str = "paper", in_channels: int = 3) -> MTAN:
     """MTAN with the paper's filters (``width="paper"``) or narrow ones (``"narrow"``:
     ``(8, 16, 32, 32, 32)``, 0.6% of the parameters, for the embedded DigitScenes on a CPU)."""

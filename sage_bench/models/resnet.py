@@ -10,6 +10,7 @@ from torch import nn
 
 from sage_bench.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from sage_bench.errors import ConfigError
+from sage_bench.models.registry import register_backbone
 from sage_bench.models.weights import WeightFile, resolve_weights
 
 RESNET50_IMAGENET = WeightFile(
@@ -45,6 +46,11 @@ class ResNetFeaturizer(nn.Module):
                 module.eval()
 
 
+def imagenet_preprocess(**_: Any) -> Preprocess:
+    return Preprocess(224, IMAGENET_MEAN, IMAGENET_STD)
+
+
+@register_backbone("resnet50", preprocess=imagenet_preprocess)  # DomainBed's ResNet-50 (ImageNet, frozen BatchNorm)
 def build_resnet50(
     input_shape: Sequence[int], hparams: Mapping[str, Any], weights: str | None = "imagenet", pretrained: str | None = None
 ) -> ResNetFeaturizer:
@@ -58,10 +64,6 @@ def build_resnet50(
         path = resolve_weights(RESNET50_IMAGENET, pretrained)
         resnet.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return ResNetFeaturizer(resnet, float(hparams.get("resnet_dropout", 0.0)))
-
-
-def imagenet_preprocess(**_: Any) -> Preprocess:
-    return Preprocess(224, IMAGENET_MEAN, IMAGENET_STD)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,6 +98,12 @@ class TimmFeaturizer(nn.Module):
         return self.model(x)
 
 
+def timm_preprocess(model_name: str = "resnet50.a1_in1k", **_: Any) -> Preprocess:
+    cfg = _timm_cfg(model_name)
+    return Preprocess(int(cfg["input_size"][-1]), tuple(cfg["mean"]), tuple(cfg["std"]))
+
+
+@register_backbone("timm", preprocess=timm_preprocess)  # any timm model by name
 def build_timm(
     input_shape: Sequence[int],
     hparams: Mapping[str, Any],
@@ -121,8 +129,3 @@ def build_timm(
         model_name, pretrained=bool(weights), pretrained_cfg_overlay=overlay, num_classes=0
     )
     return TimmFeaturizer(model)
-
-
-def timm_preprocess(model_name: str = "resnet50.a1_in1k", **_: Any) -> Preprocess:
-    cfg = _timm_cfg(model_name)
-    return Preprocess(int(cfg["input_size"][-1]), tuple(cfg["mean"]), tuple(cfg["std"]))

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from sage_bench import __version__
 from sage_bench.config import JobSpec
 from sage_bench.data.loaders import close_loaders, is_worker_death
+from sage_bench.lock import job_lock
 from sage_bench.records import (
     ERROR_FILE,
     LOG_FILE,
@@ -39,7 +40,6 @@ from sage_bench.records import (
 )
 from sage_bench.run import checkpoint as ckpt
 from sage_bench.run.guards import TrainingDiverged
-from sage_bench.run.lock import job_lock
 from sage_bench.run.tracking import Tracker
 from sage_bench.seeding import seed_everything
 

@@ -23,20 +23,13 @@ import torch
 
 from sage_bench.config import JobSpec
 from sage_bench.sweep.plan import SweepJob
+from sage_bench.units import format_bytes
 
 _LOG_BYTES = 4096  # out.txt's header (environment, arguments, hyperparameters), launch.json, done
 _LOG_ROW_BYTES = 100  # one row of out.txt per record
 _EXTRA_FLOATS = 8  # room for the floats an algorithm's update returns besides the loss
 _WANDB_BYTES = 1 << 20  # an offline wandb run of one job, roughly
 CHECKPOINTS_WHILE_SAVING = 2  # a running job's checkpoints at once: the old stays until the new is written
-
-
-def format_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    raise AssertionError
 
 
 def _record_steps(spec: JobSpec) -> int:

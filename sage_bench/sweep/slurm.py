@@ -14,9 +14,9 @@ import signal
 import submitit
 
 from sage_bench.config import load_job
+from sage_bench.lock import JobAlreadyRunning
 from sage_bench.run import run_job
 from sage_bench.run.checkpoint import JobInterrupted
-from sage_bench.run.lock import JobAlreadyRunning
 
 
 class SweepTask(submitit.helpers.Checkpointable):

@@ -26,9 +26,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from sage_bench.lock import LOCK_FILE, OWNER_FILE, JobAlreadyRunning, is_running, job_lock
 from sage_bench.records import ERROR_FILE, LOG_FILE, is_done
 from sage_bench.run.checkpoint import CHECKPOINT_FILE
-from sage_bench.run.lock import LOCK_FILE, OWNER_FILE, JobAlreadyRunning, is_running, job_lock
 from sage_bench.sweep.plan import SweepJob
 
 DONE = "done"
