@@ -6,19 +6,21 @@ import pytest
 import torch
 
 
-@pytest.fixture(autouse=True)
-def _few_threads():
-    """Keep CPU tests predictable on small machines."""
+@pytest.fixture(autouse=True, scope="session")
+def _one_intra_op_thread():
+    """One intra-op thread for the whole session, module fixtures included: the tensors here are
+    small, and a second thread saves little on two idle cores but costs several times over on
+    busy ones (the threads wait for each other); sums then do not depend on the machine, so runs
+    compare exactly with each other and with subprocesses started with OMP_NUM_THREADS=1."""
     previous = torch.get_num_threads()
-    torch.set_num_threads(min(previous, 2))
+    torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
 
 
 @pytest.fixture
 def one_thread():
-    """One thread for the test: tensors this small compute fastest on one thread, not on two
-    busy ones."""
+    """One thread for the test, said where the test depends on it (the session default too)."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -11,7 +11,7 @@ from sage_bench.aggregators.fairgrad import fairgrad_weights
 from sage_bench.aggregators.gram import gram_matrix
 from sage_bench.aggregators.mgda import min_norm_weights
 from sage_bench.mtl import aggregate
-from tests import reference_mtl as ref
+from tests.reference import mtl as ref
 
 P = 7
 

@@ -14,7 +14,7 @@ from sage_bench.algorithms import build_algorithm
 from sage_bench.algorithms.registry import DOMAIN_GENERALIZATION, algorithms
 from sage_bench.algorithms.sharpness import TwoPassAlgorithm
 from sage_bench.geometry import sam_perturbation, spectral_perturbation
-from tests.nets import domains, small_cnn, tiny_mlp
+from tests.helpers.nets import domains, small_cnn, tiny_mlp
 
 
 def _run(name, net, batches_list, hparams, optimizer="sgd"):

@@ -144,7 +144,7 @@ def test_pretrained_file_is_loaded(tmp_path):
 
 def test_missing_weights_stop_a_train_run_with_exit_code_2(empty_caches, tmp_path, capsys):
     from sage_bench.cli import main
-    from tests.imagetree import PACS_CLASSES, PACS_ENVS, make_tree
+    from tests.helpers.imagetree import PACS_CLASSES, PACS_ENVS, make_tree
 
     make_tree(tmp_path / "data" / "PACS", PACS_ENVS, PACS_CLASSES, per_class=1)
     code = main(["train", "dataset=PACS", f"data_dir={tmp_path / 'data'}", f"output_dir={tmp_path / 'out'}",

@@ -10,6 +10,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,16 +31,6 @@ from sage_bench.run import run_job
 
 REPO = Path(__file__).resolve().parents[1]
 SHORT = ["steps=25", "checkpoint_freq=10", "progress=false", "hparams.batch_size=16"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the CPU kernels' sums then do not depend on the machine's load,
-    and the subprocesses below (OMP_NUM_THREADS=1) compute exactly what this process does."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def comparable(job_dir: Path) -> list[dict]:
@@ -77,6 +68,32 @@ def reference(tmp_path_factory) -> list[dict]:
         torch.set_num_threads(previous)
 
 
+@pytest.fixture(scope="module")
+def _stopped_at_step_14(tmp_path_factory) -> Path:
+    """The folder of a job stopped by SIGTERM during step 13: the records of steps 0 and 10 and
+    the checkpoint before step 14 (the first test below checks exactly that)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        spec = load_job([*SHORT, f"output_dir={tmp_path_factory.mktemp('stopped')}"])
+        with pytest.MonkeyPatch.context() as patch:
+            signal_at_update(patch, call=14)
+            with pytest.raises(ckpt.JobInterrupted):
+                run_job(spec)
+        return spec.job_dir
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def stopped(tmp_path, _stopped_at_step_14):
+    """This test's own copy of the job stopped at step 14, in ``tmp_path`` (the folder's name is
+    the job's identity, so the same spec finds it there)."""
+    spec = load_job([*SHORT, f"output_dir={tmp_path}"])
+    shutil.copytree(_stopped_at_step_14, spec.job_dir)
+    return spec
+
+
 def test_sigterm_mid_run_then_resume_gives_the_same_records(tmp_path, monkeypatch, reference):
     spec = load_job([*SHORT, f"output_dir={tmp_path}"])
     signal_at_update(monkeypatch, call=14)  # step 13: between the records of steps 10 and 20
@@ -103,16 +120,10 @@ def test_sigterm_mid_run_then_resume_gives_the_same_records(tmp_path, monkeypatc
     ]
 
 
-def test_records_written_after_the_checkpoint_are_dropped_on_resume(
-    tmp_path, monkeypatch, reference
-):
+def test_records_written_after_the_checkpoint_are_dropped_on_resume(stopped, reference):
     """A job killed after writing a record but before its next checkpoint (or while writing a
     line) leaves records the resumed run writes again: they are dropped, never duplicated."""
-    spec = load_job([*SHORT, f"output_dir={tmp_path}"])
-    signal_at_update(monkeypatch, call=14)
-    with pytest.raises(ckpt.JobInterrupted):
-        run_job(spec)
-    monkeypatch.undo()
+    spec = stopped
     results = spec.job_dir / "results.jsonl"
     stale = dict(read_records(spec.job_dir)[-1], step=20, loss=123.0)
     with open(results, "a") as f:
@@ -180,14 +191,8 @@ def _wrong_network(path: Path, spec) -> None:
         (_wrong_network, "does not fit this job"),
     ],
 )
-def test_unusable_checkpoint_is_reported_and_the_job_starts_over(
-    tmp_path, monkeypatch, reference, spoil, reason
-):
-    spec = load_job([*SHORT, f"output_dir={tmp_path}"])
-    signal_at_update(monkeypatch, call=14)
-    with pytest.raises(ckpt.JobInterrupted):
-        run_job(spec)
-    monkeypatch.undo()
+def test_unusable_checkpoint_is_reported_and_the_job_starts_over(stopped, reference, spoil, reason):
+    spec = stopped
     spoil(spec.job_dir / ckpt.CHECKPOINT_FILE, spec)
 
     spoiled = (spec.job_dir / ckpt.CHECKPOINT_FILE).read_bytes()
@@ -202,14 +207,10 @@ def test_unusable_checkpoint_is_reported_and_the_job_starts_over(
 
 
 @pytest.mark.parametrize("code", [errno.EIO, errno.ESTALE])
-def test_a_checkpoint_that_cannot_be_read_from_disk_fails_the_job_and_stays(tmp_path, monkeypatch, reference, code):
+def test_a_checkpoint_that_cannot_be_read_from_disk_fails_the_job_and_stays(stopped, monkeypatch, reference, code):
     """An I/O error (a failing disk, a stale NFS handle) is not a bad checkpoint: the job fails,
     so that it is retried, and the checkpoint is left as it is; the retry resumes from it."""
-    spec = load_job([*SHORT, f"output_dir={tmp_path}"])
-    signal_at_update(monkeypatch, call=14)
-    with pytest.raises(ckpt.JobInterrupted):
-        run_job(spec)
-    monkeypatch.undo()
+    spec = stopped
     saved = (spec.job_dir / ckpt.CHECKPOINT_FILE).read_bytes()
 
     def failing_read(f, *args, **kwargs):
@@ -251,14 +252,10 @@ def _stored_computation(path: Path, **changes) -> None:
     ],
 )
 def test_a_checkpoint_of_another_computation_is_refused_until_asked_to_start_over(
-    tmp_path, monkeypatch, capsys, reference, change, said
+    tmp_path, stopped, capsys, reference, change, said
 ):
     command = [*SHORT, f"output_dir={tmp_path}"]
-    spec = load_job(command)
-    signal_at_update(monkeypatch, call=14)
-    with pytest.raises(ckpt.JobInterrupted):
-        run_job(spec)
-    monkeypatch.undo()
+    spec = stopped
     path = spec.job_dir / ckpt.CHECKPOINT_FILE
     if change.get("version"):
         payload = torch.load(path, weights_only=True)

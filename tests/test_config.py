@@ -47,6 +47,7 @@ def test_cli_error_exits_nonzero_and_creates_nothing(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # a real process: its exit code
 def test_console_script_exit_code(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from sage_bench.cli import main
 from sage_bench.config import load_job
 from sage_bench.data import eval_cache as ec
-from tests.imagetree import PACS_CLASSES, PACS_ENVS, make_tree
+from tests.helpers.imagetree import PACS_CLASSES, PACS_ENVS, make_tree
 
 CLIP_TINY_SIZE = 32  # configs/backbone/clip_tiny.yaml: vision_cfg.image_size
 

@@ -7,7 +7,7 @@ import pytest
 from sage_bench.cli import main
 from sage_bench.data import PACS, TerraIncognita
 from sage_bench.data.check import check_dataset, format_report
-from tests.imagetree import PACS_CLASSES, PACS_ENVS, make_tree, write_image
+from tests.helpers.imagetree import PACS_CLASSES, PACS_ENVS, make_tree, write_image
 
 
 @pytest.fixture

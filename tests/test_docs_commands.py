@@ -1,7 +1,7 @@
 """Every shell command in README.md and docs/ runs, so a renamed option, key or command fails
 here instead of in a reader's terminal.
 
-``tests/docs_blocks.py`` extracts the ``bash``/``sh``/``console`` blocks and reads the
+``tests/helpers/docs_blocks.py`` extracts the ``bash``/``sh``/``console`` blocks and reads the
 ``<!-- docs-test: ... -->`` directives before them (``dry-run``, ``append``, ``replace``,
 ``parse-only``, ``skip``, ``write``). The blocks of a page run in order in one temporary folder,
 ``sage-bench`` commands in this process (``VAR=value sage-bench ...`` in a subprocess with that
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.docs_blocks import ROOT, DocsTestError, blocks, commands, doc_pages, shell_blocks
+from tests.helpers.docs_blocks import ROOT, DocsTestError, blocks, commands, doc_pages, shell_blocks
 
 PAGES = doc_pages()
 

@@ -17,7 +17,7 @@ from sage_bench.cli import main
 from sage_bench.data import PACS, VLCS, DomainNet, OfficeHome, TerraIncognita
 from sage_bench.data import download as dl
 from sage_bench.data.download import DownloadError, Installer
-from tests.imagetree import PACS_CLASSES, PACS_ENVS, make_tree, write_image
+from tests.helpers.imagetree import PACS_CLASSES, PACS_ENVS, make_tree, write_image
 
 
 class ArchiveServer:

@@ -18,7 +18,7 @@ from sage_bench.data import eval_cache as ec
 from sage_bench.data.transforms import CLIP_MEAN, CLIP_STD, Preprocess, eval_transform
 from sage_bench.records import MEASUREMENT_KEYS, read_records
 from sage_bench.units import format_bytes
-from tests.imagetree import PACS_CLASSES, PACS_ENVS, make_tree, write_image
+from tests.helpers.imagetree import PACS_CLASSES, PACS_ENVS, make_tree, write_image
 
 SIZE = 32  # clip_tiny's input size
 

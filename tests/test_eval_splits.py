@@ -11,7 +11,7 @@ from sage_bench.collect.selection import GroupKey
 from sage_bench.config import load_job
 from sage_bench.records import MEASUREMENT_KEYS, read_records
 from sage_bench.run import run_job
-from tests.imagetree import PACS_CLASSES, PACS_ENVS, make_tree
+from tests.helpers.imagetree import PACS_CLASSES, PACS_ENVS, make_tree
 
 TIMINGS = MEASUREMENT_KEYS
 

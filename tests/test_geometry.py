@@ -16,7 +16,7 @@ from sage_bench.geometry import (
     sam_perturbation,
     spectral_perturbation,
 )
-from tests.nets import domains, small_cnn, small_vit, tiny_mlp
+from tests.helpers.nets import domains, small_cnn, small_vit, tiny_mlp
 
 
 def _svd_polar(g: torch.Tensor) -> torch.Tensor:

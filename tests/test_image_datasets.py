@@ -12,7 +12,7 @@ from PIL import Image
 from sage_bench.data import DATASETS, PACS, VLCS, DomainNet, OfficeHome, TerraIncognita
 from sage_bench.data.images import DatasetNotFoundError, UnreadableImageError
 from sage_bench.data.transforms import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from tests.imagetree import PACS_CLASSES, PACS_ENVS, make_tree, write_image
+from tests.helpers.imagetree import PACS_CLASSES, PACS_ENVS, make_tree, write_image
 
 # DomainBed's datasets.py and its paper: folder, environment labels, totals, classes, checkpoint frequency
 DOMAINBED = {

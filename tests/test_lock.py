@@ -208,6 +208,7 @@ with job_lock(sys.argv[1], wait_s=30) as held:
 """
 
 
+@pytest.mark.slow  # a second process and its waits
 def test_a_lock_file_removed_on_release_passes_the_lock_to_one_waiter_at_a_time(tmp_path):
     """The holder deletes the file before it lets go: a process that waited on that file takes a
     new one, and a third process that arrives meanwhile cannot hold the lock at the same time."""

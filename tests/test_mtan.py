@@ -7,7 +7,7 @@ import torch
 
 from sage_bench.models.mtan import MTAN, NARROW_FILTERS, mtan
 from sage_bench.mtl.tasks import Task, depth, normal, segmentation
-from tests.reference_mtan import SegNetMtan
+from tests.reference.mtan import SegNetMtan
 
 NYU = [segmentation(13), depth(), normal()]
 CITY = [segmentation(7), depth()]

@@ -1,6 +1,6 @@
 """The gradient-manipulating aggregators against transcriptions of their authors' code.
 
-Every case runs the transcription (``reference_mtl_solvers``) on ``LinearTasks``, whose per-task
+Every case runs the transcription (``tests/reference/mtl_solvers.py``) on ``LinearTasks``, whose per-task
 shared gradients are the rows of a fixed matrix, and compares the shared gradient it writes with
 ``aggregate``'s direction and the head gradients with its weights.
 """
@@ -19,8 +19,8 @@ from sage_bench.aggregators.cagrad import cagrad_weights
 from sage_bench.aggregators.graddrop import graddrop_mask
 from sage_bench.aggregators.pcgrad import draw_orders, project_conflicting
 from sage_bench.errors import UserError
-from tests import reference_mtl_solvers as ref
-from tests.mtl_problems import LinearTasks, loss_values, matrices
+from tests.helpers.mtl_problems import LinearTasks, loss_values, matrices
+from tests.reference import mtl_solvers as ref
 
 pytestmark = pytest.mark.filterwarnings("ignore:To copy construct")  # the authors' IMTL-G
 

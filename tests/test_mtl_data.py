@@ -16,7 +16,7 @@ from sage_bench.data.download import DownloadError, Installer, expand_names
 from sage_bench.data.images import DatasetNotFoundError
 from sage_bench.data.multitask import ScaleCropFlip
 from sage_bench.data.nyuv2 import Cityscapes, NYUv2
-from tests import reference_mtl as ref
+from tests.reference import mtl as ref
 from tests.test_download import ArchiveServer
 
 SMALL = (8, 12)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from sage_bench.errors import UserError
 from sage_bench.mtl import DELTA_M_BASES, MetricAccumulator, MultiTaskLoss, Task, delta_m, task_loss
-from tests import reference_mtl as ref
+from tests.reference import mtl as ref
 
 NYU_TASKS = [Task("seg", "segmentation", 5), Task("depth", "depth", 1), Task("normal", "normal", 3)]
 

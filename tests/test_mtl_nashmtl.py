@@ -15,8 +15,8 @@ import torch
 
 from sage_bench.aggregators import aggregate
 from sage_bench.aggregators.nashmtl import MissingSolverError
-from tests import reference_mtl_solvers as ref
-from tests.mtl_problems import LinearTasks, loss_values, matrices
+from tests.helpers.mtl_problems import LinearTasks, loss_values, matrices
+from tests.reference import mtl_solvers as ref
 
 cp = pytest.importorskip("cvxpy", reason="cvxpy is not installed (pip install -e '.[mtl]')")
 pytest.importorskip("ecos", reason="ECOS is not installed (pip install -e '.[mtl]')")

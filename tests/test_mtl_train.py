@@ -30,15 +30,6 @@ from tests.test_mtl_data import make_npy_tree
 TINY = ["dataset=DigitScenes", "epochs=2", "dataset.train_scenes=8", "dataset.val_scenes=16", "progress=false"]  # every class in val
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: sums do not depend on the machine's load, so reruns compare exactly."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def metric_keys(dataset: str) -> list[str]:
     return [f"test_{n}_{s}" for n, kind in MULTITASK_TASKS[dataset] for s in metric_suffixes(kind)]
 

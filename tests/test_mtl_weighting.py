@@ -22,8 +22,8 @@ from sage_bench.aggregators.weighting import (
     ScaleInvariant,
     UncertaintyWeighting,
 )
-from tests import reference_mtl_solvers as ref
-from tests.mtl_problems import LinearTasks, matrices
+from tests.helpers.mtl_problems import LinearTasks, matrices
+from tests.reference import mtl_solvers as ref
 
 
 def loss_sequence(steps: int, num_tasks: int = 3, seed: int = 0) -> list[torch.Tensor]:

@@ -30,7 +30,7 @@ from sage_bench.mtl import MultiTaskLoss
 from sage_bench.records import read_records
 from sage_bench.run import checkpoint as ckpt
 from sage_bench.run import run_job
-from tests.imagetree import PACS_CLASSES, PACS_ENVS, make_tree
+from tests.helpers.imagetree import PACS_CLASSES, PACS_ENVS, make_tree
 from tests.test_mtl_train import comparable
 
 BF16 = torch.bfloat16

@@ -24,6 +24,7 @@ from sage_bench.reproduce import (
 )
 
 
+@pytest.mark.slow  # plans 396 jobs
 def test_table1_plan_has_every_job_in_the_papers_setting(tmp_path):
     jobs = table1_sweep(tmp_path / "sweep", data_dir=tmp_path / "data").jobs()
     per_dataset = Counter(job.spec.dataset for job in jobs)
@@ -45,6 +46,7 @@ def test_table1_plan_has_every_job_in_the_papers_setting(tmp_path):
     assert len({job.job_dir for job in jobs}) == len(jobs)
 
 
+@pytest.mark.slow  # plans 396 jobs
 def test_table1_dry_run_prints_counts_and_hours(tmp_path, capsys):
     assert main(["reproduce", "table1", "--dry-run", "--output-dir", str(tmp_path / "s")]) == 0
     out = capsys.readouterr().out

@@ -80,6 +80,7 @@ def test_reproduce_table2_dry_run_lists_nyu_and_cityscapes_jobs(tmp_path, capsys
     assert not (tmp_path / "sweep").exists()  # nothing launched
 
 
+@pytest.mark.slow  # plans every row, 2 data sets, 3 trials
 def test_reproduce_table2_plans_every_registered_row_in_table_2s_order(tmp_path):
     jobs = table2_sweep(tmp_path, trials=3).jobs()
     rows = list(dict.fromkeys(job.spec.algorithm for job in jobs))
@@ -110,6 +111,7 @@ def test_quick_mtl_end_to_end(tmp_path, capsys):
     assert again == text and "10 jobs (10 already done)" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # plans every row, 3 trials
 def test_quick_mtl_runs_three_seeds_of_every_row_and_the_floor_by_default(tmp_path):
     jobs = quick_mtl_sweep(tmp_path).jobs()
     rows = list(dict.fromkeys(job.spec.algorithm for job in jobs))

@@ -36,14 +36,6 @@ REPO = Path(__file__).resolve().parents[1]
 SHORT = ["steps=21", "checkpoint_freq=10", "hparams.batch_size=16"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture
 def job_env(monkeypatch):
     """Job processes import this checkout and use one thread (fast on a busy machine)."""
@@ -417,6 +409,7 @@ def _limited_memory(limit: int):
     return apply
 
 
+@pytest.mark.slow  # a real process under a memory limit
 @pytest.mark.parametrize("steps, freq", [(10**20, 5), (10**9, 1)])
 def test_a_huge_steps_is_counted_not_listed_by_the_disk_estimate(tmp_path, steps, freq):
     """``sweep launch`` estimates the records of a job of 10**20 steps in a real process under

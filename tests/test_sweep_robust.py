@@ -31,14 +31,6 @@ SHORT = ["steps=21", "checkpoint_freq=10", "hparams.batch_size=16"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def definition(out: Path, *extra: str, envs: tuple[str, ...] = ("0",)) -> list[str]:
     return [
         "--output-dir", str(out), "--datasets", "RotatedDigits", "--algorithms", "ERM",

@@ -28,7 +28,7 @@ from sage_bench.run import run_job
 from sage_bench.sweep import Sweep
 from sage_bench.sweep.plan import SweepJob
 from sage_bench.sweep.state import QUEUED, RUNNING, read_launch_record, sweep_states
-from tests.slurm_cluster import LocalSlurm, SlurmUnavailable
+from tests.helpers.slurm_cluster import LocalSlurm, SlurmUnavailable
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,6 @@ import sys
 import types
 
 import pytest
-import torch
 
 from sage_bench.config import load_job
 from sage_bench.errors import ConfigError
@@ -15,14 +14,6 @@ from sage_bench.records import read_records
 from sage_bench.run import run_job, tracking
 
 SHORT = ["steps=12", "checkpoint_freq=5", "progress=false", "hparams.batch_size=16"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 class FakeRun:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -16,6 +17,12 @@ SHORT = ["steps=21", "checkpoint_freq=10", "progress=false", "hparams.batch_size
 def _run(tmp_path, *overrides):
     spec = load_job([*SHORT, f"output_dir={tmp_path}", *overrides])
     return spec, run_job(spec)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """The folder of the job ``SHORT`` trained once, for the tests that need a finished job."""
+    return _run(tmp_path_factory.mktemp("finished"))[1]
 
 
 @pytest.mark.parametrize("dataset, n_envs", [("RotatedDigits", 6), ("ColoredDigits", 3)])
@@ -45,8 +52,8 @@ def test_short_run_writes_domainbed_records(tmp_path, dataset, n_envs):
     assert len(lines) == 3 and all(json.loads(line) for line in lines)
 
 
-def test_same_arguments_same_accuracies(tmp_path):
-    _, a = _run(tmp_path / "a")
+def test_same_arguments_same_accuracies(tmp_path, finished):
+    a = finished
     _, b = _run(tmp_path / "b")
     ra, rb = read_records(a), read_records(b)
     keys = [k for k in ra[0] if k.endswith("_acc") or k == "loss"]
@@ -56,8 +63,9 @@ def test_same_arguments_same_accuracies(tmp_path):
     assert [r["loss"] for r in rc] != [r["loss"] for r in ra]
 
 
-def test_done_job_is_not_rerun(tmp_path, capsys):
-    _, job_dir = _run(tmp_path)
+def test_done_job_is_not_rerun(tmp_path, capsys, finished):
+    job_dir = tmp_path / finished.name
+    shutil.copytree(finished, job_dir)
     before = (job_dir / "results.jsonl").read_text()
     _run(tmp_path)
     assert "already done" in capsys.readouterr().out

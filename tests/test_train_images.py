@@ -9,7 +9,7 @@ import torch
 from sage_bench.cli import main
 from sage_bench.config import ConfigError, load_job
 from sage_bench.records import read_records
-from tests.imagetree import PACS_CLASSES, PACS_ENVS, make_tree
+from tests.helpers.imagetree import PACS_CLASSES, PACS_ENVS, make_tree
 
 
 def test_train_tiny_clip_on_pacs_shaped_tree(tmp_path, capsys):

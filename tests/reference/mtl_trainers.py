@@ -34,8 +34,8 @@ import numpy as np
 import torch
 from scipy.optimize import minimize
 
-from tests.reference_mtl import calc_loss
-from tests.reference_mtl_steps import disable_running_stats, enable_running_stats
+from tests.reference.mtl import calc_loss
+from tests.reference.mtl_steps import disable_running_stats, enable_running_stats
 
 TASK_TYPES = ["semantic", "depth", "normal"]
 

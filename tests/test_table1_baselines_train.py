@@ -13,7 +13,7 @@ import torch
 from sage_bench.algorithms import build_algorithm, gradient_agreement
 from sage_bench.cli import main
 from sage_bench.records import read_records
-from tests.nets import domains, small_cnn
+from tests.helpers.nets import domains, small_cnn
 
 # name: what its update returns (averaged into the records)
 NEW_ALGORITHMS = {

@@ -1,6 +1,6 @@
 # ruff: noqa: B007, B905  (the sources' own loops and zips, kept as written)
 """Reference transcriptions of IIB, GGA, GGA-L and GAM from their authors' repositories, for
-tests (the conventions of ``tests/reference_domainbed.py``: modules given, ``make_optimizer``
+tests (the conventions of ``tests/reference/domainbed.py``: modules given, ``make_optimizer``
 where the source builds Adam). Nothing here is used by the package.
 
 Sources:
@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from tests.reference_domainbed import _ERM, adam
+from tests.reference.domainbed import _ERM, adam
 
 # --------------------------------------------------------------------------------------------
 # IIB (Luodian/IIB)

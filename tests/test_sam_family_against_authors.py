@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from sage_bench.algorithms import build_algorithm
-from tests import reference_updates as ref
-from tests.nets import domains, small_cnn, tiny_mlp
+from tests.helpers.nets import domains, small_cnn, tiny_mlp
+from tests.reference import updates as ref
 
 STEPS = 4
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from tests.reference_mtl import MinNormSolver, calc_loss, fairgrad_w
+from tests.reference.mtl import MinNormSolver, calc_loss, fairgrad_w
 
 TASK_TYPES = ["semantic", "depth", "normal"]
 
@@ -350,7 +350,7 @@ def _spectral(weight, grad, rho):
     """Algorithm 1 lines 14-21 for one tensor, with the exact polar factor (SVD): the tests run
     SAGE with ``polar="svd"`` so that they compare the multi-task wiring; the Newton-Schulz
     variants are tested on their own (tests/test_geometry.py)."""
-    from tests.reference_updates import polar_svd
+    from tests.reference.updates import polar_svd
 
     if grad.dim() >= 2:
         G = grad.reshape(grad.shape[0], -1)
@@ -364,7 +364,7 @@ def sage_mtl_step(model, optimizer, x, targets, method, rho, gamma, generator, a
     """One SAGE-X (``ascent="mean"``) or SAGE-SAMO-X (``ascent="samo"``) step with the default
     switches: S over the shared parameters, SAMO's descent, noise after the clip on every
     parameter. ``generator`` draws the noise, one ``randn`` per parameter in model order."""
-    from tests.reference_updates import gradient_agreement
+    from tests.reference.updates import gradient_agreement
 
     n_tasks = len(targets)
     model.train()

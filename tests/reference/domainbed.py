@@ -14,7 +14,7 @@ Sources:
   ``AbstractMMD`` (``MMD``, ``CORAL``), ``RSC``, ``Fish`` (with ``networks.WholeFish`` and
   ``lib/misc.ParamDict``), ``AbstractDANN`` (``DANN``, ``CDANN``, with ``networks.MLP``).
 
-IIB, GGA and GAM, from their authors' repositories, are in ``tests/reference_authors.py``.
+IIB, GGA and GAM, from their authors' repositories, are in ``tests/reference/authors.py``.
 """
 
 from __future__ import annotations

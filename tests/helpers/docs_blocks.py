@@ -27,7 +27,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SHELL_LANGUAGES = ("bash", "sh", "console")
 DIRECTIVES = ("dry-run", "append", "replace", "parse-only", "skip", "write")
 # sage-bench subcommands (words after `sage-bench`) that take --dry-run

@@ -1,5 +1,5 @@
 """Table 1's other baselines against literal transcriptions of their sources
-(``tests/reference_domainbed.py``, ``tests/reference_authors.py``), over several updates, in
+(``tests/reference/domainbed.py``, ``tests/reference/authors.py``), over several updates, in
 float64, with SGD and with Adam.
 
 Both sides start from the same weights and see the same batches; both start every update
@@ -18,26 +18,17 @@ import pytest
 import torch
 from torch import nn
 
-import tests.reference_authors as authors
-import tests.reference_domainbed as ref
+import tests.reference.authors as authors
+import tests.reference.domainbed as ref
 from sage_bench.algorithms import build_algorithm
 from sage_bench.algorithms.base import NetworkError
 from sage_bench.models import Classifier
-from tests.nets import domains, small_cnn
+from tests.helpers.nets import domains, small_cnn
 
 OPTIMIZERS = ["sgd", "adam"]
 K = 3  # training domains
 N = 6  # examples per domain
 TOL = 1e-9
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tensors this small compute fastest, and identically, on one thread."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def make_optimizer(kind):

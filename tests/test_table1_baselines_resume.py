@@ -22,7 +22,7 @@ from sage_bench.config import load_job
 from sage_bench.run import checkpoint as ckpt
 from sage_bench.run import run_job
 from tests.test_checkpoint import comparable
-from tests.test_table1_reference import K, batches, tiny_classifier
+from tests.test_table1_baselines_against_sources import K, batches, tiny_classifier
 
 # name, hyperparameters that put the interesting state change after the checkpoint (update 3)
 STATEFUL = [

@@ -3,7 +3,7 @@ Nash-MTL, F-MTL) against transcriptions of their authors' training steps.
 
 Each row trains a narrow MTAN (float64) for several steps beside the lineage's ``SegNetMtan``
 with the same weights, trained by a literal transcription of its trainer
-(``tests/reference_mtl_trainers``), with SGD and with Adam; the random draws (RLW's weights,
+(``tests/reference/mtl_trainers.py``), with SGD and with Adam; the random draws (RLW's weights,
 PCGrad's orders, GradDrop's uniforms) are replayed from the algorithm's own generators. Then:
 resuming from a checkpoint is exact for every row, the registrations are valid, every row trains
 on DigitScenes through ``build_algorithm``, and Nash-MTL without cvxpy says what to install.
@@ -29,10 +29,10 @@ from sage_bench.algorithms.registry import MULTI_TASK, get_algorithm
 from sage_bench.data.digit_scenes import DigitScenes
 from sage_bench.models.mtan import MTAN, mtan
 from sage_bench.mtl import MultiTaskLoss
-from tests import reference_mtl_solvers as ref
-from tests import reference_mtl_trainers as trainers
-from tests.mtl_problems import matrices
-from tests.reference_mtan import SegNetMtan
+from tests.helpers.mtl_problems import matrices
+from tests.reference import mtl_solvers as ref
+from tests.reference import mtl_trainers as trainers
+from tests.reference.mtan import SegNetMtan
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:To copy construct"),  # the authors' IMTL-G
@@ -43,15 +43,6 @@ ROWS = ["SI", "RLW", "DWA", "UW", "FAMO", "PCGrad", "GradDrop", "IMTL-G", "CAGra
 FILTERS = (4, 8, 8, 8, 8)
 STEPS = 3
 LR = {"sgd": 0.05, "adam": 1e-3}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread (several threads on busy cores cost far more than they save)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ from sage_bench.data.digit_scenes import DigitScenes
 from sage_bench.hparams import HParamError
 from sage_bench.models.mtan import MTAN
 from sage_bench.mtl import MultiTaskLoss
-from tests import reference_mtl_steps as ref
-from tests.reference_mtan import SegNetMtan
+from tests.reference import mtl_steps as ref
+from tests.reference.mtan import SegNetMtan
 
 FILTERS = (4, 8, 8, 8, 8)
 STEPS = 3

@@ -17,7 +17,7 @@ from sage_bench.errors import ConfigError
 from sage_bench.records import MEASUREMENT_KEYS, read_records
 from sage_bench.run import run_job
 from sage_bench.run.alignment import HeldOutGradientProbe, held_out_gradient_cosine
-from tests.nets import domains, tiny_mlp
+from tests.helpers.nets import domains, tiny_mlp
 
 
 def test_cosine_of_mean_training_gradient_with_the_test_gradient():

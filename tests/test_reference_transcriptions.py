@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests import reference_updates as ref
+from tests.reference import updates as ref
 
 # --------------------------------------------------------------------------------------------
 # The closed-form oracle
