@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import os
+import signal
 
 import numpy as np
+import pytest
 import torch
 from torch.utils.data import TensorDataset
 
@@ -111,3 +114,50 @@ def test_infinite_loader_yields_batches():
     for _ in range(20):  # more than one pass over 30 examples
         x, y = next(it)
         assert x.shape == (4, 1) and torch.equal(x[:, 0].long(), y)
+
+
+def test_a_worker_killed_while_sending_a_batch_is_reported_as_a_dead_worker(monkeypatch):
+    """A worker killed mid-send breaks the socket the batch's file descriptors travel on: the
+    read fails with ConnectionResetError before PyTorch notices the death. The loader reports it
+    as the worker death it is (what the runner treats as one), naming the worker."""
+    from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
+
+    from sage_bench.data.loaders import close_loaders, epoch_loader, is_worker_death
+
+    data = TensorDataset(torch.arange(64, dtype=torch.float32))
+    loader = iter(epoch_loader(data, 8, seed=0, num_workers=1))
+    next(loader)
+    worker = loader._workers[0]
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.join(timeout=10)
+
+    def broken_socket(self):
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+    monkeypatch.setattr(_MultiProcessingDataLoaderIter, "__next__", broken_socket)
+    try:
+        with pytest.raises(RuntimeError) as exc:
+            next(loader)
+        assert is_worker_death(exc.value), exc.value
+        assert f"pid {worker.pid}" in str(exc.value) and "ConnectionResetError" in str(exc.value)
+    finally:
+        close_loaders()
+
+
+def test_a_broken_socket_with_every_worker_alive_is_not_called_a_death(monkeypatch):
+    from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
+
+    from sage_bench.data.loaders import close_loaders, epoch_loader
+
+    data = TensorDataset(torch.arange(64, dtype=torch.float32))
+    loader = iter(epoch_loader(data, 8, seed=0, num_workers=1))
+
+    def broken_socket(self):
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+    monkeypatch.setattr(_MultiProcessingDataLoaderIter, "__next__", broken_socket)
+    try:
+        with pytest.raises(ConnectionResetError):
+            next(loader)
+    finally:
+        close_loaders()

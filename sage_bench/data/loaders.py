@@ -128,6 +128,16 @@ class _WorkersIterator(_MultiProcessingDataLoaderIter):
             if self._worker_pids_set:  # a worker that died since the last read is reported now
                 torch_signal_handling._error_if_any_worker_fails()
             return super().__next__()
+        except (ConnectionError, EOFError) as exc:
+            # A worker killed while it sent a batch (the file descriptors of its tensors) breaks
+            # the socket before PyTorch sees the death: reported as PyTorch reports a death.
+            dead = [w.pid for w in getattr(self, "_workers", []) if not w.is_alive()]
+            if not dead:
+                raise
+            raise RuntimeError(
+                f"DataLoader worker (pid {dead[0]}) exited unexpectedly while sending a batch "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
         finally:
             _reads_in_progress -= 1
 
