@@ -87,6 +87,22 @@ def record_task(record: Mapping[str, Any]) -> str:
     return task if task in TASKS else DOMAIN_GENERALIZATION
 
 
+def args_problem(record: Mapping[str, Any], required: tuple[str, ...]) -> str | None:
+    """Why a record's ``args`` cannot place it in a table, or ``None``: they must be a mapping
+    with every key of ``required``, and integer ``trial_seed`` and ``hparams_seed`` where
+    required (the collectors of both kinds of job ask this first)."""
+    args = record.get("args")
+    if not isinstance(args, Mapping):
+        return "no args"
+    missing = [k for k in required if k not in args]
+    if missing:
+        return f"args without {', '.join(missing)}"
+    for key in ("trial_seed", "hparams_seed"):
+        if key in required and (not isinstance(args[key], int) or isinstance(args[key], bool)):
+            return f"args.{key} is not an integer: {args[key]!r}"
+    return None
+
+
 def job_hash(job_args: Mapping[str, Any]) -> str:
     """The folder name of a job: the MD5 of its arguments as sorted JSON (as DomainBed's sweep)."""
     text = json.dumps(job_args, sort_keys=True)

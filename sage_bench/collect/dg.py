@@ -9,6 +9,7 @@ from collections import defaultdict
 from numbers import Real
 
 from sage_bench.collect.selection import varying_settings
+from sage_bench.records import args_problem
 
 REQUIRED_ARGS = ("dataset", "algorithm", "test_envs", "trial_seed", "hparams_seed")
 
@@ -27,15 +28,10 @@ def record_problem(record: dict) -> str | None:
     ``eval_splits=selection`` runs have no in-split accuracy of their training environments,
     which no selection method reads.
     """
-    args = record.get("args")
-    if not isinstance(args, dict):
-        return "no args"
-    missing = [k for k in REQUIRED_ARGS if k not in args]
-    if missing:
-        return f"args without {', '.join(missing)}"
-    for key in ("trial_seed", "hparams_seed"):
-        if not isinstance(args[key], int) or isinstance(args[key], bool):
-            return f"args.{key} is not an integer: {args[key]!r}"
+    problem = args_problem(record, REQUIRED_ARGS)
+    if problem is not None:
+        return problem
+    args = record["args"]
     if not isinstance(record.get("step"), Real) or isinstance(record.get("step"), bool):
         return "no step number"
     test_envs = args["test_envs"]

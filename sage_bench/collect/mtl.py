@@ -50,7 +50,7 @@ from sage_bench.computation import args_that_count
 from sage_bench.data.catalog import DATA_VERSIONS, MULTITASK_TASKS
 from sage_bench.mtl.delta_m import DELTA_M_BASES, delta_m_from
 from sage_bench.mtl.tasks import metric_suffixes
-from sage_bench.records import MULTI_TASK, record_task
+from sage_bench.records import MULTI_TASK, args_problem, record_task
 
 LAST_EPOCHS = 10
 REQUIRED_ARGS = ("dataset", "algorithm", "trial_seed", "hparams_seed")
@@ -81,15 +81,9 @@ def record_problem(record: dict) -> str | None:
     """Why a multi-task record cannot be tabulated, or ``None`` when it can: it needs ``args``
     with ``dataset``, ``algorithm``, integer ``trial_seed`` and ``hparams_seed``, an integer
     ``epoch`` and at least one ``test_`` metric that is a number (NaN is one)."""
-    args = record.get("args")
-    if not isinstance(args, dict):
-        return "no args"
-    missing = [k for k in REQUIRED_ARGS if k not in args]
-    if missing:
-        return f"args without {', '.join(missing)}"
-    for key in ("trial_seed", "hparams_seed"):
-        if not isinstance(args[key], int) or isinstance(args[key], bool):
-            return f"args.{key} is not an integer: {args[key]!r}"
+    problem = args_problem(record, REQUIRED_ARGS)
+    if problem is not None:
+        return problem
     epoch = record.get("epoch")
     if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
         return f"no epoch number (epoch={epoch!r})"
