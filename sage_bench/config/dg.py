@@ -218,11 +218,15 @@ class DomainGeneralization(JobKind):
             test_grad_cosine_freq=cfg.test_grad_cosine_freq,
         )
 
+    def dataset_option_names(self, dataset_cls: type) -> list[str]:
+        """After ``(self, root, test_envs, hparams, preprocess)``."""
+        return list(inspect.signature(dataset_cls.__init__).parameters)[5:]
+
     def dataset_options(self, cfg: DictConfig, dataset_cls: type) -> dict[str, Any]:
         """``dataset.*`` options (keywords of the data set's constructor after ``preprocess``),
         with the evaluation ones checked."""
         options = group_options(cfg, "dataset")
-        valid = sorted(list(inspect.signature(dataset_cls.__init__).parameters)[5:])
+        valid = sorted(self.dataset_option_names(dataset_cls))
         unknown = sorted(set(options) - set(valid))
         if unknown:
             raise ConfigError(

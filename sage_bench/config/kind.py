@@ -57,6 +57,11 @@ class JobKind(ABC):
         """The kind's own keys, checked, with the data set's defaults filled in."""
 
     @abstractmethod
+    def dataset_option_names(self, dataset_cls: type) -> list[str]:
+        """The ``dataset.*`` options a data set of this kind takes: the keywords of its
+        constructor after those the job passes itself."""
+
+    @abstractmethod
     def dataset_options(self, cfg: DictConfig, dataset_cls: type) -> dict[str, Any]:
         """``dataset.*`` options, checked against the data set's constructor."""
 

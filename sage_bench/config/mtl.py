@@ -96,21 +96,6 @@ class MultiTaskSettings:
         return ""
 
 
-def dataset_constructor_options(dataset_cls: type, options: dict[str, Any]) -> None:
-    """A multi-task data set's options are its constructor's keywords after (root, augment, seed)."""
-    valid = sorted(list(inspect.signature(dataset_cls.__init__).parameters)[4:])
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise ConfigError(
-            f"unknown option(s) {', '.join('dataset.' + k for k in unknown)} for {dataset_cls.__name__}; "
-            f"valid options: {', '.join(valid) or 'none'}"
-        )
-    try:
-        dataset_cls.check_options(**options)
-    except ValueError as exc:
-        raise ConfigError(f"bad dataset option for {dataset_cls.__name__}: dataset.{exc}") from exc
-
-
 class MultiTask(JobKind):
     """Dense prediction of several tasks from one network (MTAN), trained for epochs."""
 
@@ -155,9 +140,23 @@ class MultiTask(JobKind):
             raise ConfigError(f"bad value for 'lr_gamma': must be in (0, 1], got {gamma}")
         return MultiTaskSettings(epochs=epochs, lr_step_epochs=step, lr_gamma=gamma)
 
+    def dataset_option_names(self, dataset_cls: type) -> list[str]:
+        """After ``(self, root, augment, seed)``."""
+        return list(inspect.signature(dataset_cls.__init__).parameters)[4:]
+
     def dataset_options(self, cfg: DictConfig, dataset_cls: type) -> dict[str, Any]:
         options = group_options(cfg, "dataset")
-        dataset_constructor_options(dataset_cls, options)
+        valid = sorted(self.dataset_option_names(dataset_cls))
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise ConfigError(
+                f"unknown option(s) {', '.join('dataset.' + k for k in unknown)} for {dataset_cls.__name__}; "
+                f"valid options: {', '.join(valid) or 'none'}"
+            )
+        try:
+            dataset_cls.check_options(**options)
+        except ValueError as exc:
+            raise ConfigError(f"bad dataset option for {dataset_cls.__name__}: dataset.{exc}") from exc
         return options
 
     def shared_hparams(self, dataset: str) -> dict[str, hp.HParam]:
@@ -234,5 +233,5 @@ KIND = MultiTask()
 
 __all__ = [
     "KIND", "LR_GAMMA", "MTL_FORMER_DEFAULTS", "MULTITASK_BACKBONES", "MULTITASK_ONLY", "MultiTask",
-    "MultiTaskSettings", "dataset_constructor_options",
+    "MultiTaskSettings",
 ]  # fmt: skip

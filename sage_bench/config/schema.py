@@ -7,9 +7,11 @@ valid choices.
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
+from importlib import resources
 from typing import Any
 
 from hydra import compose, initialize_config_module
@@ -17,10 +19,13 @@ from hydra.core.config_store import ConfigStore
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import MISSING, DictConfig
 
+from sage_bench.config.kinds import JOB_KINDS
 from sage_bench.data import get_dataset_class
 from sage_bench.data.catalog import ALL_DATASET_NAMES, dataset_task
 from sage_bench.errors import ConfigError
 from sage_bench.kinds import KINDS
+from sage_bench.models import backbone_option_defaults, backbones
+from sage_bench.records import DOMAIN_GENERALIZATION
 
 CONFIG_MODULE = "sage_bench.configs"
 
@@ -121,18 +126,44 @@ def _explain_composition_error(exc: Exception) -> str:
     return str(exc).splitlines()[0]
 
 
-def _store_algorithm_configs() -> None:
-    """Make every registered algorithm a choice of the ``algorithm`` config group: the
-    registry (``sage_bench.algorithms.registry``) is the one place an algorithm is named."""
+def _store_generated_configs() -> None:
+    """Make every registered algorithm a choice of the ``algorithm`` config group, and every
+    registered backbone and catalogued data set without a YAML file of its own (a plugin's
+    backbone, say) a choice of its group with its options at their defaults: the registries are
+    the one place each is named. A YAML file, where there is one, states the options with the
+    reasons for their values and is what the group reads."""
     from sage_bench.algorithms.registry import algorithms
 
+    _store_group("algorithm", {name: {"name": name} for name in algorithms()})
+    _store_group("backbone", {name: _backbone_node(name) for name in backbones() if not _has_yaml("backbone", name)})
+    _store_group("dataset", {name: _dataset_node(name) for name in ALL_DATASET_NAMES if not _has_yaml("dataset", name)})
+
+
+def _store_group(group: str, nodes: dict[str, dict[str, Any]]) -> None:
     store = ConfigStore.instance()
-    registered = algorithms()
-    stored = store.repo.get("algorithm", {})
-    for stale in [f for f in stored if f.removesuffix(".yaml") not in registered]:
+    stored = store.repo.get(group, {})
+    for stale in [f for f in stored if f.removesuffix(".yaml") not in nodes]:
         del stored[stale]  # unregistered since the last composition
-    for name in registered:
-        store.store(group="algorithm", name=name, node={"name": name})
+    for name, node in nodes.items():
+        store.store(group=group, name=name, node=node)
+
+
+def _has_yaml(group: str, name: str) -> bool:
+    return (resources.files(CONFIG_MODULE) / group / f"{name}.yaml").is_file()
+
+
+def _backbone_node(name: str) -> dict[str, Any]:
+    if backbones()[name].task != DOMAIN_GENERALIZATION:  # a network of the data set's tasks
+        return {"name": name}
+    return {"name": name, **backbone_option_defaults(name)}
+
+
+def _dataset_node(name: str) -> dict[str, Any]:
+    dataset_cls = get_dataset_class(name)
+    names = JOB_KINDS[dataset_task(name)].dataset_option_names(dataset_cls)
+    parameters = inspect.signature(dataset_cls.__init__).parameters
+    defaults = {n: parameters[n].default for n in names if parameters[n].default is not inspect.Parameter.empty}
+    return {"name": name, **{n: list(v) if isinstance(v, tuple) else v for n, v in defaults.items()}}
 
 
 def _algorithm_choices() -> str:
@@ -174,7 +205,7 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
     from sage_bench.algorithms.registry import load_plugins
 
     load_plugins(plugin_modules(overrides))
-    _store_algorithm_configs()
+    _store_generated_configs()
     for override in overrides:
         if override.lstrip("+~").split("=", 1)[0] == "autocast":
             raise ConfigError(

@@ -37,8 +37,9 @@ def multi_task(module: str, *tasks: tuple[str, str]) -> CatalogEntry:
 
 SEG, DEPTH, NORMAL = ("seg", "segmentation"), ("depth", "depth"), ("normal", "normal")
 
-#: Every data set by name. Adding one: its module (a class named as the data set), its entry
-#: here and, for the ``dataset=`` config group, ``configs/dataset/<name>.yaml``.
+#: Every data set by name. Adding one: its module (a class named as the data set) and its entry
+#: here; ``configs/dataset/<name>.yaml`` is optional (without it the ``dataset=`` group offers the
+#: constructor's keyword defaults).
 CATALOG: dict[str, CatalogEntry] = {
     "RotatedDigits": domain_generalization("sage_bench.data.digits", "0", "15", "30", "45", "60", "75"),
     "ColoredDigits": domain_generalization("sage_bench.data.digits", "+90%", "+80%", "-90%"),

@@ -6,8 +6,9 @@ domain-generalization backbone is a factory ``factory(input_shape, hparams, **op
 returning a featurizer with ``n_outputs`` and, for image backbones, a function
 ``preprocess(**options)`` that gives the input size and normalisation the data transforms must
 use without building the model (``backbone_preprocess``); a multi-task backbone builds the
-per-task network (``mtan``). Options are the keys of ``configs/backbone/<name>.yaml``. Adding a
-backbone is its module (plus its line in the import list below) and that YAML file.
+per-task network (``mtan``). Options are the keys of ``configs/backbone/<name>.yaml``, or, for a
+backbone without that file, its builder's keywords at their defaults. Adding a backbone is its
+module (plus its line in the import list below, or loaded as a plugin).
 """
 
 from __future__ import annotations
@@ -48,10 +49,25 @@ def _factory(name: str):
     return get_backbone(name).build
 
 
+def _option_parameters(name: str) -> list[inspect.Parameter]:
+    """The options of backbone ``name``: its builder's parameters after input_shape, hparams."""
+    return list(inspect.signature(_factory(name)).parameters.values())[2:]
+
+
+def backbone_option_defaults(name: str) -> dict[str, Any]:
+    """The options of backbone ``name`` that have a default, at that default (what the
+    ``backbone`` config group gives a backbone without a YAML file of its own)."""
+    defaults = {}
+    for param in _option_parameters(name):
+        if param.default is not inspect.Parameter.empty:
+            value = param.default
+            defaults[param.name] = list(value) if isinstance(value, tuple) else value
+    return defaults
+
+
 def check_backbone_options(name: str, options: Mapping[str, Any]) -> None:
     """Raise ``ConfigError`` for an option the backbone does not take or an unknown head."""
-    params = list(inspect.signature(_factory(name)).parameters)[2:]  # after input_shape, hparams
-    valid = sorted({*params, "head"})
+    valid = sorted({*(p.name for p in _option_parameters(name)), "head"})
     unknown = sorted(set(options) - set(valid))
     if unknown:
         raise ConfigError(
@@ -125,5 +141,6 @@ __all__ = [
     "backbone_preprocess",
     "build_featurizer",
     "build_network",
+    "backbone_option_defaults",
     "check_backbone_options",
 ]

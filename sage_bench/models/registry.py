@@ -6,8 +6,8 @@ the function that says what its inputs look like (timm's ``@register_model`` sha
 
 A domain-generalization backbone (``task=DOMAIN_GENERALIZATION``, the default) is a featurizer
 factory ``build(input_shape, hparams, **options) -> nn.Module`` with ``n_outputs``; its options
-are the keys of ``configs/backbone/<name>.yaml`` and are checked against the factory's
-signature. ``preprocess(**options) -> Preprocess`` gives the input size and normalisation the
+are the keys of ``configs/backbone/<name>.yaml`` (without that file: the factory's keywords
+at their defaults) and are checked against the factory's signature. ``preprocess(**options) -> Preprocess`` gives the input size and normalisation the
 data transforms (and ``sage-bench data cache``) must use, without building the model; backbones
 of non-image inputs (the embedded digits) have none. A multi-task backbone
 (``task=MULTI_TASK``) builds the whole per-task network from the data set's tasks
