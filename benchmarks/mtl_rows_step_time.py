@@ -17,9 +17,8 @@ import statistics
 import time
 
 import torch
-from sage_bench.algorithms.mtl_rows import build_multitask_algorithm
 
-from sage_bench.algorithms import build_algorithm
+from sage_bench.algorithms import build_multitask_algorithm
 from sage_bench.data.digit_scenes import DigitScenes
 from sage_bench.models.mtan import mtan
 from sage_bench.mtl import MultiTaskLoss
@@ -31,9 +30,7 @@ def build(name: str, data: DigitScenes):
     torch.manual_seed(0)
     net = mtan(data.tasks, "narrow")
     optimizer = torch.optim.Adam(net.parameters(), data.LR)
-    if name == "LS":
-        return build_multitask_algorithm("LS", net, optimizer, MultiTaskLoss(data.tasks), {}, "small")
-    return build_algorithm(name, net, optimizer, family="small", dataset="DigitScenes", loss_fn=MultiTaskLoss(data.tasks))
+    return build_multitask_algorithm(name, net, optimizer, MultiTaskLoss(data.tasks), {}, "small", dataset="DigitScenes")
 
 
 def main() -> None:
