@@ -124,6 +124,40 @@ def test_runs_planned_for_other_epochs_are_rows_with_their_own_window(tmp_path):
     assert str(short) in text and str(long) in text
 
 
+def test_the_epoch_window_is_a_choice_and_the_note_names_its_length(tmp_path, capsys):
+    base = base_metrics("NYUv2")
+    write_run(tmp_path, "NYUv2", "LS", 0, 4, lambda k, e: base[k] * (1 + 0.01 * e))
+    records = find_runs(tmp_path).records
+    assert windows(records) == {("NYUv2", 4): (0, 4)}  # shorter than 10: all four
+    assert windows(records, last=2) == {("NYUv2", 4): (2, 4)}
+    (row,) = table2_frame(records, last=2).to_dict("records")
+    assert row["epochs"] == "2-3" and row["seg_miou"] == pytest.approx(base["seg_miou"] * 1.025)
+    assert "epochs 2-3 (the last 2 of the shortest run" in render(records, last=2)
+    assert "epochs 0-3 (the last 4 of the shortest run" in render(records)
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="at least 1"):
+            table2_frame(records, last=bad)
+
+    assert main(["collect", str(tmp_path), "--last-epochs", "1"]) == 0
+    assert "epoch 3 (the last 1 of the shortest run" in capsys.readouterr().out
+    for bad in ("0", "two"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["collect", str(tmp_path), "--last-epochs", bad])
+        assert exit_.value.code == 2
+        assert "--last-epochs: must be a whole number of epochs, at least 1" in capsys.readouterr().err
+
+
+def test_the_collect_commands_default_window_is_the_lineages():
+    import argparse
+
+    from sage_bench.collect.mtl import LAST_EPOCHS
+    from sage_bench.commands import collect
+
+    parser = argparse.ArgumentParser()
+    collect.add_parser(parser.add_subparsers())
+    assert parser.parse_args(["collect", "runs"]).last_epochs == LAST_EPOCHS
+
+
 def test_runs_on_older_generated_data_are_left_out(tmp_path):
     old = write_run(tmp_path, "DigitScenes", "LS", 0, 2, lambda k, e: 0.5, data_version=1)
     write_run(tmp_path, "DigitScenes", "LS", 1, 2, lambda k, e: 0.7)

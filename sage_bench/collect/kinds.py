@@ -18,12 +18,13 @@ from sage_bench.records import DOMAIN_GENERALIZATION, MULTI_TASK, record_task
 @dataclass(frozen=True)
 class CollectOptions:
     """What ``sage-bench collect`` asks for: model selection (domain generalization), format,
-    the paper's numbers beside, and unfinished runs (multi-task)."""
+    the paper's numbers beside, and unfinished runs and the epoch window (multi-task)."""
 
     selection: str = "training-domain"
     format: str = "text"
     compare_paper: bool = False
     include_unfinished: bool = False
+    last_epochs: int = mtl.LAST_EPOCHS
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ def _dg_figures(records: list[dict], folder: Path, selection: str) -> list[Path]
 def _mtl_render(records: list[dict], options: CollectOptions) -> tuple[str, list[str]]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        text = mtl.render(records, options.format, options.compare_paper, include_unfinished=options.include_unfinished)
+        text = mtl.render(records, options.format, options.compare_paper, options.last_epochs, options.include_unfinished)
     return text, [str(w.message) for w in caught]
 
 

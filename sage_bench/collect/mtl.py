@@ -7,10 +7,11 @@ over the last 10 epochs"), per data set:
 0. a run that has not reached its planned epochs (``args.epochs``; an interrupted job) is left
    out, with a warning naming it, unless ``include_unfinished``; so is a run on generated data
    of another version than the current one (``args.data_version``, ``DATA_VERSIONS``);
-1. each run's metrics averaged over the epochs ``[n - 10, n)``, ``n`` the number of epochs of
-   the shortest run among the runs of the data set planned for as many epochs (runs planned for
-   other ``epochs`` are rows of their own, with their own window; fewer than 10 epochs when
-   runs are shorter); the notes name the run that sets each window;
+1. each run's metrics averaged over the epochs ``[n - last, n)`` (``last``: 10 by default, the
+   lineage's; ``sage-bench collect --last-epochs``), ``n`` the number of epochs of the shortest
+   run among the runs of the data set planned for as many epochs (runs planned for other
+   ``epochs`` are rows of their own, with their own window; fewer than ``last`` epochs when runs
+   are shorter); the notes name the epochs and the run that sets each window;
 2. those per-run means averaged over a row's runs (its seeds: ``trial_seed``), with their
    standard deviation across seeds (``ddof=1``; a per-task row's seed takes each task's metrics
    from that seed's runs);
@@ -234,6 +235,8 @@ def usable_runs(records: list[dict], include_unfinished: bool = False) -> dict[s
 def epoch_windows(records: list[dict], last: int = LAST_EPOCHS, include_unfinished: bool = False) -> dict[tuple[str, int | None], EpochWindow]:
     """Per data set and planned ``epochs``: the epochs each run is averaged over, the last
     ``last`` epochs of the shortest of those runs (``usable_runs``), and which run that is."""
+    if not (isinstance(last, int) and last >= 1):
+        raise ValueError(f"the epoch window must be a whole number of epochs, at least 1, got {last!r}")
     shortest: dict[tuple[str, int | None], tuple[int, str]] = {}
     for run in usable_runs(records, include_unfinished).values():
         group = (run[0]["args"]["dataset"], _planned(run))
@@ -471,7 +474,7 @@ def _notes(frame: pd.DataFrame, dataset: str, paper: pd.DataFrame | None) -> lis
     for span, path in dict.fromkeys(zip(part["epochs"], part["window_run"], strict=True)):
         first, _, last = span.partition("-")
         epochs = f"epoch {first}" if first == last else f"epochs {first}-{last}"
-        windows.append(f"{epochs} (the last {LAST_EPOCHS} of the shortest run, {path})")
+        windows.append(f"{epochs} (the last {int(last) - int(first) + 1} of the shortest run, {path})")
     runs = sorted(set(part["runs"]))
     spread = " ± the standard deviation across seeds" if max(runs) > 1 else ""
     notes = [

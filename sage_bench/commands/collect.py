@@ -16,7 +16,8 @@ def add_parser(subparsers) -> None:
             "Read every results.jsonl under the folders (recursively), select models as DomainBed does "
             "and print its tables: one per data set and the averages across data sets (Table 1's layout). "
             "Multi-task runs (NYUv2, Cityscapes, DigitScenes) get Table 2's layout instead: every metric and "
-            "Delta_m, each run averaged over its last 10 epochs, then over seeds (mean and standard deviation); "
+            "Delta_m, each run averaged over its last 10 epochs (--last-epochs), then over seeds (mean and standard "
+            "deviation); "
             "multi-task runs that have not reached their planned epochs are left out unless --include-unfinished. "
             "Warnings and the count of finished and unfinished runs go to standard error."
         ),
@@ -42,6 +43,14 @@ def add_parser(subparsers) -> None:
         "with a warning naming each; their epoch window is their own group's shortest run)",
     )
     parser.add_argument(
+        "--last-epochs",
+        type=_positive_int,
+        default=10,
+        metavar="N",
+        help="multi-task runs: average each run over its last N epochs (default 10, as Table 2's sources; the "
+        "window ends at the shortest run of its data set and planned epochs)",
+    )
+    parser.add_argument(
         "--compare-paper",
         action="store_true",
         help="add the SAGE paper's Table 1 (Table 2 for multi-task runs) and the differences",
@@ -58,6 +67,16 @@ def add_parser(subparsers) -> None:
         "run: one file per kind, FILE's name with .domain_generalization or .multi_task before its suffix",
     )
     parser.set_defaults(func=run)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of epochs, at least 1, got {text!r}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -100,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     inexact = inexact_perturbation_runs(records)
     for message in [*(m for c, part in present for m in c.warnings(part)), *inexact]:
         print(f"warning: {message}", file=sys.stderr)
-    options = CollectOptions(args.selection, args.format, args.compare_paper, args.include_unfinished)
+    options = CollectOptions(args.selection, args.format, args.compare_paper, args.include_unfinished, args.last_epochs)
     parts = []
     for c, part in present:
         text, messages = c.render(part, options)

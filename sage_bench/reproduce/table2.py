@@ -148,12 +148,13 @@ def describe_row_hparams(jobs: Sequence[SweepJob]) -> str:
     return "\n".join(lines)
 
 
-def write_table2(records: list[dict], folder: Path, compare_paper: bool) -> str:
-    """Write ``table.md`` and ``table.csv`` of the multi-task records into ``folder``; return the text."""
+def write_table2(records: list[dict], folder: Path, compare_paper: bool, last: int = collect_mtl.LAST_EPOCHS) -> str:
+    """Write ``table.md`` and ``table.csv`` of the multi-task records into ``folder`` (each run
+    averaged over its ``last`` epochs); return the text."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "table.md").write_text(collect_mtl.render(records, "markdown", compare_paper))
-    (folder / "table.csv").write_text(collect_mtl.render(records, "csv", compare_paper))
-    return collect_mtl.render(records, "text", compare_paper)
+    (folder / "table.md").write_text(collect_mtl.render(records, "markdown", compare_paper, last))
+    (folder / "table.csv").write_text(collect_mtl.render(records, "csv", compare_paper, last))
+    return collect_mtl.render(records, "text", compare_paper, last)
 
 
 def reproduce_table2(
