@@ -60,6 +60,22 @@ def _build(name, net, tasks, **hparams):
     return build_multitask_algorithm(name, net, _sgd(net.parameters()), MultiTaskLoss(tasks), hparams)
 
 
+def test_stl_reports_its_own_tasks_loss_as_the_step_loss_when_an_untrained_head_gives_nan():
+    """An untrained head that outputs an exact zero vector makes the normals' loss NaN (L2
+    normalisation without epsilon); STL trains only its task, so its step loss, which the job
+    checks for divergence, is that task's and stays finite."""
+    data = DigitScenes(train_scenes=8, val_scenes=1)
+    torch.manual_seed(0)
+    net = MTAN(data.tasks, filters=FILTERS)
+    for p in net.pred["normal"].parameters():
+        torch.nn.init.zeros_(p)  # the normals head outputs 0 everywhere: 0 / 0
+    algo = build_multitask_algorithm("STL", net, torch.optim.Adam(net.parameters(), 1e-3), MultiTaskLoss(data.tasks), {"task": "seg"})
+    stats = algo.update(data.train.images, data.train.targets)
+    assert np.isnan(stats["loss_normal"]) and np.isfinite(stats["loss_seg"])
+    assert stats["loss"] == stats["loss_seg"]
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+
+
 PLAIN = [
     ("STL", {"task": "depth"}, lambda m, o, x, t: ref.stl_step(m, o, x, t, main_task=1), 1e-10),
     ("LS", {}, ref.ls_step, 1e-10),

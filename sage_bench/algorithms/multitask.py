@@ -254,7 +254,12 @@ class STL(MultiTaskAlgorithm):
     """Single-task learning (nash-mtl ``STL``): the loss of task ``hparams["task"]`` alone, so the
     shared parameters it uses and its head get its gradient; nothing is clipped. One network per
     task (a sweep plans one job per task); the other heads and attention modules are never
-    updated."""
+    updated.
+
+    The step's ``loss`` (what the job checks for divergence) is that task's loss; every task's is
+    still reported (``loss_<task>``). The other heads' losses are not an objective: an untrained
+    normals head can output an exact zero vector, which its L2 normalisation (no epsilon, as the
+    lineage's) turns into NaN while the trained task is well."""
 
     per_task_hparam = "task"
 
@@ -277,7 +282,9 @@ class STL(MultiTaskAlgorithm):
         for p, g in zip(params, grads, strict=True):
             p.grad = g
         self.step()
-        return self.loss_stats(torch.stack([loss.detach() for loss in losses]))
+        stats = self.loss_stats(torch.stack([loss.detach() for loss in losses]))
+        stats["loss"] = stats[f"loss_{task}"]
+        return stats
 
 
 class GradientAggregation(MultiTaskAlgorithm):
