@@ -11,9 +11,11 @@ from sage_bench.algorithms import MULTI_TASK, algorithms
 from sage_bench.cli import main
 from sage_bench.errors import ConfigError
 from sage_bench.reproduce import (
+    QUICK_EPOCHS,
     MultiTaskCostModel,
     forward_gflop,
     quick_mtl_sweep,
+    quick_mtl_window,
     reproduce_quick_mtl,
     table2_sweep,
 )
@@ -102,7 +104,8 @@ def test_quick_mtl_end_to_end(tmp_path, capsys):
     assert [line.split()[0] for line in lines[3:6]] == ["Constant", "STL", "LS"]  # the floor first
     assert "Delta_m %" in lines[1] and "+0.00 ± " in lines[4]  # STL against itself, with its spread over seeds
     assert " ± " in lines[5].split("  ")[1] or " ± " in lines[5]
-    assert "Note: 2 seeds, mean ± standard deviation; 1 epoch (2 steps)" in text
+    assert "Note: 2 seeds, mean ± standard deviation; 6 epochs (12 steps) of a narrow MTAN" in text
+    assert "each run averaged over its last 2 epochs" in text and "epochs 4-5 (the last 2 of the shortest run" in text
     assert "no better than Constant (the floor)" in (tmp_path / "table.md").read_text()
     header = (tmp_path / "table.csv").read_text().splitlines()[0]
     assert header.startswith("dataset,algorithm,runs,epochs,window_run,seg_miou") and "delta_m_std" in header
@@ -117,7 +120,8 @@ def test_quick_mtl_runs_three_seeds_of_every_row_and_the_floor_by_default(tmp_pa
     rows = list(dict.fromkeys(job.spec.algorithm for job in jobs))
     assert rows[:3] == ["Constant", "STL", "LS"] and set(rows) == set(algorithms(MULTI_TASK))
     assert {job.spec.trial_seed for job in jobs} == {0, 1, 2}
-    assert all(job.spec.settings.epochs == 1 and job.spec.device == "cpu" for job in jobs)
+    assert all(job.spec.settings.epochs == QUICK_EPOCHS == 6 and job.spec.device == "cpu" for job in jobs)
+    assert [quick_mtl_window(n) for n in (QUICK_EPOCHS, 1, 2, 4, 9)] == [2, 1, 1, 1, 3]  # the last third
 
 
 def test_a_multitask_job_list_for_slurm_arrays_names_the_same_jobs(tmp_path, capsys):
@@ -149,3 +153,15 @@ def test_quick_mtl_lists_only_multi_task_rows_as_choices(tmp_path, capsys, name,
     choices = err.split("valid choices: ", 1)[1].split(" (multi-task rows")[0].split(", ")
     assert set(choices) == {*algorithms(MULTI_TASK), "all"}
     assert not set(choices) & set(algorithms(DOMAIN_GENERALIZATION))
+
+
+def test_the_quick_mtl_commands_defaults_are_the_functions():
+    import argparse
+
+    from sage_bench.commands import reproduce
+    from sage_bench.reproduce import QUICK_TRIALS
+
+    parser = argparse.ArgumentParser()
+    reproduce.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["reproduce", "quick-mtl"])
+    assert (args.epochs, args.trials) == (QUICK_EPOCHS, QUICK_TRIALS)

@@ -17,6 +17,7 @@ from sage_bench.reproduce.quick_mtl import (
     QUICK_TRIALS,
     quick_mtl_caveat,
     quick_mtl_sweep,
+    quick_mtl_window,
     reproduce_quick_mtl,
 )
 from sage_bench.reproduce.table1 import (
@@ -47,7 +48,7 @@ __all__ = [
     "CONVERGED_STEPS", "CONVERGED_TRIALS", "MIXED_PRECISION", "QUICK_EPOCHS", "QUICK_OVERRIDES", "QUICK_STEPS",
     "QUICK_TRIALS", "SELECTION", "TABLE1_ALGORITHMS", "TABLE2_DATASETS", "CostModel", "MultiTaskCostModel",
     "cached_datasets", "describe_plan", "describe_row_hparams", "describe_table2_plan", "forward_gflop",
-    "launch_until_done", "quick_caveat", "quick_mtl_caveat", "quick_mtl_sweep", "quick_sweep", "reproduce_quick",
-    "reproduce_quick_mtl", "reproduce_table1", "reproduce_table2", "resolve_algorithms", "run_here",
-    "table1_sweep", "table2_algorithms", "table2_sweep", "write_table2", "write_tables",
+    "launch_until_done", "quick_caveat", "quick_mtl_caveat", "quick_mtl_sweep", "quick_mtl_window", "quick_sweep",
+    "reproduce_quick", "reproduce_quick_mtl", "reproduce_table1", "reproduce_table2", "resolve_algorithms",
+    "run_here", "table1_sweep", "table2_algorithms", "table2_sweep", "write_table2", "write_tables",
 ]  # fmt: skip
