@@ -17,8 +17,8 @@ def add_parser(subparsers) -> None:
             "and print its tables: one per data set and the averages across data sets (Table 1's layout). "
             "Multi-task runs (NYUv2, Cityscapes, DigitScenes) get Table 2's layout instead: every metric and "
             "Delta_m, each run averaged over its last 10 epochs (--last-epochs), then over seeds (mean and standard "
-            "deviation); "
-            "multi-task runs that have not reached their planned epochs are left out unless --include-unfinished. "
+            "deviation); multi-task runs that have not reached their planned epochs are left out unless "
+            "--include-unfinished. "
             "Warnings and the count of finished and unfinished runs go to standard error."
         ),
     )

@@ -1,6 +1,6 @@
 """What every reproduction shares: launching a sweep until every job is done
 (``launch_until_done``, Table 1 and Table 2) and running jobs in processes here (``run_here``,
-the quick variants)."""
+the quick variants, and ``add_caveat`` for the note under their tables)."""
 
 from __future__ import annotations
 
@@ -46,4 +46,12 @@ def run_here(jobs: Sequence[SweepJob], where: Path, workers: int | None = None) 
         raise UserError(f"{len(outcome.failed)} quick job(s) failed (err.txt in each folder):\n" + "\n".join(lines))
 
 
-__all__ = ["launch_until_done", "run_here"]
+def add_caveat(text: str, results_dir: Path, caveat: str) -> str:
+    """``text`` with the note ``caveat`` under it, and the same note appended to
+    ``results_dir/table.md`` (what a quick table's reader must know about its budget)."""
+    with open(results_dir / "table.md", "a", encoding="utf-8") as f:
+        f.write(f"\n**Note:** {caveat}.\n")
+    return text + f"\nNote: {caveat}.\n"
+
+
+__all__ = ["add_caveat", "launch_until_done", "run_here"]

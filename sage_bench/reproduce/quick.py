@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sage_bench.collect import find_runs
 from sage_bench.errors import UserError
-from sage_bench.reproduce.launch import run_here
+from sage_bench.reproduce.launch import add_caveat, run_here
 from sage_bench.reproduce.table1 import TABLE1_ALGORITHMS, write_tables
 from sage_bench.sweep.plan import Sweep
 
@@ -77,9 +77,7 @@ def reproduce_quick(
     text = write_tables(collection.records, results_dir, compare_paper=False)
     caveat = quick_caveat(min(job.spec.settings.steps for job in jobs), trials)
     if caveat:
-        text += f"\nNote: {caveat}.\n"
-        with open(results_dir / "table.md", "a", encoding="utf-8") as f:
-            f.write(f"\n**Note:** {caveat}.\n")
+        text = add_caveat(text, results_dir, caveat)
     print(text)
     print(f"wrote {results_dir}/table.md, table.csv and figures in {time.time() - start:.0f} s")
     return text

@@ -12,7 +12,7 @@ from sage_bench.collect import find_runs
 from sage_bench.data.catalog import MULTITASK_TASKS
 from sage_bench.errors import UserError
 from sage_bench.records import MULTI_TASK
-from sage_bench.reproduce.launch import run_here
+from sage_bench.reproduce.launch import add_caveat, run_here
 from sage_bench.reproduce.table2 import table2_algorithms, write_table2
 from sage_bench.sweep.plan import Sweep
 
@@ -81,10 +81,7 @@ def reproduce_quick_mtl(
 
     spec = jobs[0].spec
     steps = epochs * math.ceil(len(build_dataset(spec).train) / spec.hparams["batch_size"])
-    caveat = quick_mtl_caveat(epochs, trials, steps)
-    text += f"\nNote: {caveat}.\n"
-    with open(results_dir / "table.md", "a", encoding="utf-8") as f:
-        f.write(f"\n**Note:** {caveat}.\n")
+    text = add_caveat(text, results_dir, quick_mtl_caveat(epochs, trials, steps))
     print(text)
     print(f"wrote {results_dir}/table.md and table.csv in {time.time() - start:.0f} s")
     return text
